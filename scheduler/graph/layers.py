@@ -1,0 +1,498 @@
+"""High-level layers: a graph described by a few layers instead of a million tasks.
+
+A layer produces a block of keys from the blocks of earlier layers:
+
+- ``Blockwise(name, shape, template)``: task ``(name, *i)`` runs ``template`` where each
+  ``BlockArg(other)`` stands for block ``(other, *i)`` of layer ``other`` (which must have the
+  same shape, or shape ``()`` for a single key broadcast to every block) and ``IndexSlot(d)``
+  for ``i[d]``.
+- ``Reduction(name, input, combine, aggregate, split_every)``: a tree over the blocks of
+  ``input`` (flattened in C order); each level combines up to ``split_every`` results; the
+  final key is ``(name, 0)``.
+- ``Shuffle(name, input, split, combine, max_branch)``: all-to-all between the ``n`` blocks of a
+  1-d ``input`` and ``n`` output blocks ``(name, j)``. With ``n <= max_branch`` it is one stage
+  (n splits, n combines, n*n edges); beyond, it runs ``s`` stages of branching ``k`` with
+  ``k**s >= n`` so edges grow as ``n*k*s`` instead of ``n*n``.
+- ``Materialized(name, tasks)``: a plain ``{key: spec}`` whose specs use ``Ref(key)``.
+
+Rules: layers are data (names, shapes, specs); lowering is vectorised with numpy (no per-task
+Python work) for every layer but ``Materialized``; a ``LayerGraph`` keeps layers in
+topological order and lowers them into a ``TaskGraph`` whose groups follow that order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CycleError, DuplicateKeyError, GraphError, MissingDependencyError
+from .keys import Key, RegularKeys, key_name
+from .lowgraph import TaskGraph, TaskGroup
+from .task import (
+    BlockArg,
+    DepList,
+    DepSlot,
+    IndexSlot,
+    Task,
+    map_placeholders,
+    placeholders,
+    refs_to_slots,
+)
+
+__all__ = ["Blockwise", "Layer", "LayerGraph", "Materialized", "Reduction", "Shuffle"]
+
+
+@dataclass(frozen=True)
+class _Lowered:
+    """Where a lowered layer's output block sits in the task graph being built."""
+
+    offset: int
+    shape: tuple[int, ...]
+
+
+class Layer:
+    """Base of the layer kinds. ``name`` names the output block; ``dependencies`` are the names
+    of the layers read."""
+
+    name: str
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the output key block."""
+        raise NotImplementedError
+
+    @property
+    def n_tasks(self) -> int:
+        """Tasks this layer lowers to (computed without lowering)."""
+        raise NotImplementedError
+
+    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        """Task groups, the last one being the output block; ids start at ``start``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Blockwise(Layer):
+    name: str
+    out_shape: tuple[int, ...]
+    template: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_shape", tuple(int(s) for s in self.out_shape))
+        for p in placeholders(self.template):
+            if type(p) is IndexSlot and not 0 <= p.axis < len(self.out_shape):
+                raise GraphError(f"layer {self.name!r}: IndexSlot({p.axis}) outside its "
+                                 f"{len(self.out_shape)}-d shape")
+            if type(p) not in (BlockArg, IndexSlot):
+                raise GraphError(f"layer {self.name!r}: a Blockwise template may only use "
+                                 f"BlockArg and IndexSlot, not {p!r}")
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.name for p in placeholders(self.template)
+                                   if type(p) is BlockArg))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.out_shape
+
+    @property
+    def n_tasks(self) -> int:
+        return math.prod(self.out_shape)
+
+    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        names = self.dependencies
+        n = self.n_tasks
+        slot = {nm: DepSlot(k) for k, nm in enumerate(names)}
+        template = map_placeholders(
+            self.template, lambda p: slot[p.name] if type(p) is BlockArg else p)
+        cols = []
+        ar = np.arange(n, dtype=np.int64)
+        for nm in names:
+            src = inputs[nm]
+            if src.shape == self.out_shape:
+                cols.append(ar + src.offset)
+            elif math.prod(src.shape) == 1:
+                cols.append(np.full(n, src.offset, dtype=np.int64))
+            else:
+                raise GraphError(f"layer {self.name!r} of shape {self.out_shape} reads layer "
+                                 f"{nm!r} of shape {src.shape}: shapes must match (or the "
+                                 f"input must be a single block)")
+        deps = np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.int64)
+        return [TaskGroup.uniform(RegularKeys(self.name, self.out_shape), template, deps)]
+
+
+def _combine_all(combine: Callable[[list], Any], parts: list) -> Any:
+    return combine(parts)
+
+
+@dataclass(frozen=True)
+class Reduction(Layer):
+    name: str
+    input: str
+    combine: Callable[[list], Any]
+    aggregate: Callable[[list], Any] | None = None
+    split_every: int = 8
+    input_size: int = field(default=-1, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.split_every < 2:
+            raise GraphError(f"layer {self.name!r}: split_every must be >= 2, "
+                             f"got {self.split_every}")
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (1,)
+
+    def levels(self, n_in: int) -> list[int]:
+        """Task count of each tree level, the last being the final aggregate (1)."""
+        sizes = []
+        m = n_in
+        while m > self.split_every:
+            m = -(-m // self.split_every)
+            sizes.append(m)
+        sizes.append(1)
+        return sizes
+
+    @property
+    def n_tasks(self) -> int:
+        if self.input_size < 0:
+            raise GraphError(f"layer {self.name!r}: task count needs input_size "
+                             f"(LayerGraph sets it)")
+        return sum(self.levels(self.input_size))
+
+    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        src = inputs[self.input]
+        m = math.prod(src.shape)
+        if m == 0:
+            raise GraphError(f"layer {self.name!r} reduces an empty layer {self.input!r}")
+        prev_off = src.offset
+        groups = []
+        sizes = self.levels(m)
+        off = start
+        for level, size in enumerate(sizes):
+            last = level == len(sizes) - 1
+            func = (self.aggregate or self.combine) if last else self.combine
+            indptr = np.minimum(np.arange(size + 1, dtype=np.int64) * self.split_every, m)
+            indices = np.arange(m, dtype=np.int64) + prev_off
+            keys = RegularKeys(self.name if last else f"{self.name}-partial{level}", (size,))
+            groups.append(TaskGroup(keys, template=Task(func, DepList()),
+                                    indptr=indptr, indices=indices))
+            prev_off, m = off, size
+            off += size
+        return groups
+
+
+def _shuffle_pick(combine: Callable[[list], Any], parts: list, j: int, stage: int,
+                  k: int) -> Any:
+    digit = (j // k ** stage) % k
+    return combine([p[digit] for p in parts])
+
+
+@dataclass(frozen=True)
+class Shuffle(Layer):
+    """All-to-all exchange. ``split(part, stage, k)`` returns ``k`` pieces of ``part``: piece
+    ``d`` holds the items whose target partition ``t`` has ``(t // k**stage) % k == d``.
+    ``combine(pieces)`` joins pieces into one partition."""
+
+    name: str
+    input: str
+    split: Callable[[Any, int, int], Sequence[Any]]
+    combine: Callable[[list], Any]
+    max_branch: int = 32
+    input_size: int = field(default=-1, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_branch < 2:
+            raise GraphError(f"layer {self.name!r}: max_branch must be >= 2")
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
+
+    def plan(self, n: int) -> tuple[int, int]:
+        """(stages, branching k) for ``n`` partitions: k**stages >= n, k <= max_branch."""
+        if n <= self.max_branch:
+            return 1, max(n, 1)
+        s = math.ceil(math.log(n, self.max_branch) - 1e-9)
+        k = math.ceil(n ** (1 / s) - 1e-9)
+        while k ** s < n:
+            k += 1
+        return s, k
+
+    def stage_sizes(self, n: int) -> list[tuple[int, int]]:
+        """(split tasks, combine tasks) per stage."""
+        s, k = self.plan(n)
+        p = k ** s
+        return [(n if t == 0 else p, n if t == s - 1 else p) for t in range(s)]
+
+    @property
+    def n_tasks(self) -> int:
+        if self.input_size < 0:
+            raise GraphError(f"layer {self.name!r}: task count needs input_size")
+        return sum(a + b for a, b in self.stage_sizes(self.input_size))
+
+    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        src = inputs[self.input]
+        if len(src.shape) != 1:
+            raise GraphError(f"layer {self.name!r} shuffles {self.input!r} of shape "
+                             f"{src.shape}: a shuffle needs a 1-d layer")
+        n = src.shape[0]
+        s, k = self.plan(n)
+        groups = []
+        prev_off = src.offset
+        off = start
+        for t, (n_split, n_comb) in enumerate(self.stage_sizes(n)):
+            split_keys = RegularKeys(f"{self.name}-split{t}", (n_split,))
+            deps = np.arange(n_split, dtype=np.int64) + prev_off
+            groups.append(TaskGroup.uniform(split_keys, Task(self.split, DepSlot(0), t, k),
+                                            deps.reshape(-1, 1)))
+            split_off = off
+            off += n_split
+            j = np.arange(n_comb, dtype=np.int64)
+            step = k ** t
+            base = j - ((j // step) % k) * step
+            cand = base[:, None] + np.arange(k, dtype=np.int64)[None, :] * step
+            ok = cand < n_split
+            counts = ok.sum(axis=1)
+            indptr = np.zeros(n_comb + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            indices = cand[ok] + split_off
+            last = t == s - 1
+            comb_keys = RegularKeys(self.name if last else f"{self.name}-stage{t}", (n_comb,))
+            template = Task(_shuffle_pick, self.combine, DepList(), IndexSlot(0), t, k)
+            groups.append(TaskGroup(comb_keys, template=template, indptr=indptr,
+                                    indices=indices))
+            prev_off = off
+            off += n_comb
+        return groups
+
+
+@dataclass(frozen=True)
+class Materialized(Layer):
+    """Explicit tasks ``{key: spec}``; specs refer to keys of this or earlier layers by
+    ``Ref``. ``name`` only names the layer; keys may have any names."""
+
+    name: str
+    tasks: Mapping[Key, Any]
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        own = {key_name(k) for k in self.tasks}
+        names: dict[str, None] = {}
+        for spec in self.tasks.values():
+            for p in placeholders(spec):
+                nm = key_name(p.key) if hasattr(p, "key") else None
+                if nm is not None and nm not in own:
+                    names[nm] = None
+        return tuple(names)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.tasks),)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        from .keys import ExplicitKeys
+
+        keys = ExplicitKeys(list(self.tasks))
+        pos = keys._pos
+        specs, ptr, idx = [], [0], []
+        missing: dict[Any, Any] = {}
+        for key, value in self.tasks.items():
+            spec, deps = refs_to_slots(value)
+            specs.append(spec)
+            for d in deps:
+                p = pos.get(d)
+                tid = start + p if p is not None else resolve(d)
+                if tid < 0:
+                    missing.setdefault(d, key)
+                idx.append(tid)
+            ptr.append(len(idx))
+        if missing:
+            raise MissingDependencyError(missing)
+        return [TaskGroup(keys, specs=specs, indptr=np.asarray(ptr, dtype=np.int64),
+                          indices=np.asarray(idx, dtype=np.int64))]
+
+
+class LayerGraph:
+    """Layers by name, in topological order. ``lower()`` turns them into a ``TaskGraph``."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        by_name: dict[str, Layer] = {}
+        for layer in layers:
+            if layer.name in by_name:
+                raise DuplicateKeyError([layer.name])
+            by_name[layer.name] = layer
+        self.layers = self._toposort(by_name)
+
+    @staticmethod
+    def _toposort(by_name: dict[str, Layer]) -> dict[str, Layer]:
+        # Materialized layers may refer to keys rather than layer names; only names of known
+        # layers count as edges here, the rest is checked at lowering.
+        out: dict[str, Layer] = {}
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in out:
+                return
+            if name in visiting:
+                raise CycleError(visiting[visiting.index(name):] + [name])
+            visiting.append(name)
+            layer = by_name[name]
+            for dep in layer.dependencies:
+                if dep in by_name:
+                    visit(dep)
+                elif not isinstance(layer, Materialized):
+                    raise MissingDependencyError({dep: name})
+            visiting.pop()
+            out[name] = layer
+
+        for name in by_name:
+            visit(name)
+        sized: dict[str, Layer] = {}
+        for name, layer in out.items():
+            if isinstance(layer, Reduction | Shuffle):
+                src = sized[layer.input]
+                size = math.prod(src.shape)
+                layer = _with_size(layer, size)
+            sized[name] = layer
+        return sized
+
+    def __getitem__(self, name: str) -> Layer:
+        return self.layers[name]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_tasks(self) -> int:
+        return sum(layer.n_tasks for layer in self.layers.values())
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {name: [] for name in self.layers}
+        for name, layer in self.layers.items():
+            for dep in layer.dependencies:
+                if dep in out:
+                    out[dep].append(name)
+        return out
+
+    def lower(self) -> TaskGraph:
+        """Lower every layer, in order, into one ``TaskGraph``."""
+        groups: list[TaskGroup] = []
+        placed: dict[str, _Lowered] = {}
+        offset = 0
+
+        def resolve(key: Key) -> int:
+            nm = key_name(key)
+            where = placed.get(nm)
+            if where is None:
+                return -1
+            gi_block = out_blocks[nm]
+            p = gi_block.position(key)
+            return where.offset + p if p >= 0 else -1
+
+        out_blocks: dict[str, Any] = {}
+        for name, layer in self.layers.items():
+            new = layer.lower(placed, offset, resolve)
+            for g in new:
+                offset += len(g)
+            groups.extend(new)
+            out = new[-1]
+            placed[name] = _Lowered(offset - len(out), layer.shape)
+            if isinstance(layer, Materialized):
+                for k in out.keys.tolist():
+                    nm = key_name(k)
+                    placed.setdefault(nm, placed[name])
+                    out_blocks.setdefault(nm, out.keys)
+            out_blocks[name] = out.keys
+        return TaskGraph(groups)
+
+    def cull(self, names: Iterable[str]) -> LayerGraph:
+        """Only the layers that ``names`` need (whole layers; no key-level culling)."""
+        need: set[str] = set()
+        stack = list(names)
+        for nm in stack:
+            if nm not in self.layers:
+                raise MissingDependencyError({nm: "(requested)"})
+        while stack:
+            nm = stack.pop()
+            if nm in need:
+                continue
+            need.add(nm)
+            stack.extend(d for d in self.layers[nm].dependencies if d in self.layers)
+        if len(need) == len(self.layers):
+            return self
+        return LayerGraph(layer for nm, layer in self.layers.items() if nm in need)
+
+    def fuse_blockwise(self, keep: Iterable[str] = ()) -> LayerGraph:
+        """Fuse each Blockwise layer into the one Blockwise layer that reads it, when it is read
+        once, has the same shape and is not in ``keep``. Chains fuse into their last layer."""
+        keep = set(keep)
+        layers = dict(self.layers)
+        dependents = self.dependents()
+        fused_any = False
+        for name in list(layers):
+            layer = layers[name]
+            if not isinstance(layer, Blockwise):
+                continue
+            template = layer.template
+            changed = True
+            while changed:
+                changed = False
+                uses = [p.name for p in placeholders(template) if type(p) is BlockArg]
+                for dep in dict.fromkeys(uses):
+                    src = layers.get(dep)
+                    if (isinstance(src, Blockwise) and dep not in keep
+                            and src.out_shape == layer.out_shape
+                            and dependents.get(dep) == [name] and uses.count(dep) == 1):
+                        template = map_placeholders(
+                            template,
+                            lambda p, d=dep, t=src.template: t
+                            if type(p) is BlockArg and p.name == d else p)
+                        for d2 in src.dependencies:
+                            dependents[d2] = [name if x == dep else x
+                                              for x in dependents.get(d2, [])]
+                        del layers[dep]
+                        changed = fused_any = True
+                        break
+            if template is not layer.template:
+                layers[name] = Blockwise(name, layer.out_shape, template)
+        return LayerGraph(layers.values()) if fused_any else self
+
+
+def _with_size(layer: Layer, size: int) -> Layer:
+    from dataclasses import replace
+
+    return replace(layer, input_size=size)  # type: ignore[type-var]
+
+
+def blockwise(name: str, shape: Sequence[int], func: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> Blockwise:
+    """``Blockwise(name, shape, Task(func, *args, **kwargs))``; pass ``BlockArg(layer)`` for
+    inputs and ``IndexSlot(d)`` for the block index."""
+    return Blockwise(name, tuple(shape), Task(func, *args, **kwargs))
