@@ -208,7 +208,7 @@ class TaskGraph:
                 self.explicit_order(gi)  # raises CycleError
 
     def _check_duplicates(self) -> None:
-        for name, gis in self._by_name.items():
+        for gis in self._by_name.values():
             if len(gis) < 2:
                 continue
             blocks = [self.groups[gi].keys for gi in gis]
