@@ -1,0 +1,832 @@
+"""The scheduler's state machine: events in, instructions out.
+
+Rules of this module (and of ``scheduler.state``): no sockets, asyncio, threads, clocks,
+randomness or logging of tasks. Everything that changes task state happens in
+``handle(event)``; it returns the instructions the runtime must carry out, in order.
+
+Tasks live in ``Segment``s (one per submitted graph) as numpy arrays, and every event is
+handled as a batch with numpy: a report of 10,000 finished tasks costs a few array operations,
+not 10,000 Python calls. Per-task Python loops exist only on rare paths (worker loss,
+errors, explicit lookups).
+
+Transitions are listed in one table, ``TRANSITIONS``: ``(from, to) -> method``. A move that
+is not in the table raises ``InvalidTransition`` with the story of the task (the recent
+batches that moved it).
+
+Placement: a task whose dependencies are held by workers goes to the worker holding most of
+them (dependencies shared by very many tasks do not count), ties broken by the least
+occupied worker; tasks without such dependencies ("root-like") wait in a queue on the
+scheduler, in priority order, and are handed out in contiguous runs so that each worker stays
+busy with at most ``inflight_per_thread`` tasks per thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..graph.errors import GraphError
+from ..graph.keys import Key, key_name
+from .events import (
+    CancelTasks,
+    ClientLostEvent,
+    ClientReleasedKeysEvent,
+    DataLostEvent,
+    GraphRejected,
+    GraphSubmittedEvent,
+    Instruction,
+    KeysErred,
+    KeysInMemory,
+    ReleaseData,
+    SchedulerEvent,
+    SendTasks,
+    TaskErredEvent,
+    TasksFinishedEvent,
+    WorkerAddedEvent,
+    WorkerLostEvent,
+)
+from .priority import graph_priorities
+from .segment import Segment, TaskState, csr_gather, unique, unique_counts
+
+__all__ = ["InvalidTransition", "SchedulerConfig", "SchedulerState", "TRANSITIONS"]
+
+S = TaskState
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    inflight_per_thread: int = 512
+    """Root-like tasks handed to a worker beyond its running ones, per thread."""
+    shared_dependents: int = 32
+    """A dependency with more dependents than this does not attract them (broadcast data)."""
+    story_length: int = 10_000
+    """Batches of transitions remembered for error messages."""
+
+
+class InvalidTransition(RuntimeError):
+    """A bug here: a task was asked to move between two states that the table forbids."""
+
+
+TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
+    (S.released, S.waiting): "_noop",
+    (S.released, S.ready): "_to_ready",
+    (S.waiting, S.ready): "_to_ready",
+    (S.ready, S.processing): "_ready_processing",
+    (S.processing, S.memory): "_processing_memory",
+    (S.processing, S.ready): "_leave_processing_ready",
+    (S.processing, S.waiting): "_leave_processing",
+    (S.ready, S.waiting): "_noop",
+    (S.memory, S.released): "_memory_released",
+    (S.waiting, S.erred): "_noop",
+    (S.ready, S.erred): "_noop",
+    (S.processing, S.erred): "_leave_processing",
+    (S.erred, S.erred): "_noop",
+}
+
+_LEGAL = np.zeros((len(S), len(S)), dtype=bool)
+for _a, _b in TRANSITIONS:
+    _LEGAL[_a, _b] = True
+
+
+class SchedulerState:
+    """All the scheduler knows: workers, segments, queues. See the module docstring."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self.nthreads: list[int] = []     # by worker id; 0 = gone
+        self.occupancy: list[int] = []    # tasks processing per worker
+        self.segments: dict[int, Segment] = {}
+        self._bases: list[int] = []       # sorted bases of live segments
+        self._by_base: list[Segment] = []
+        self._by_graph: dict[tuple[str, str], Segment] = {}
+        self._names: dict[str, list[int]] = {}  # key name -> segment ids
+        self._next_sid = 0
+        self._next_base = 0
+        self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks
+        self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
+        self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
+            maxlen=self.config.story_length)
+        self._out: list[Instruction] = []
+        self._ready: list[tuple[Segment, np.ndarray]] = []
+        self._stimulus = ""
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            WorkerAddedEvent: self._worker_added,
+            WorkerLostEvent: self._worker_lost,
+            GraphSubmittedEvent: self._graph_submitted,
+            TasksFinishedEvent: self._tasks_finished,
+            TaskErredEvent: self._task_erred,
+            DataLostEvent: self._data_lost,
+            ClientReleasedKeysEvent: self._client_released,
+            ClientLostEvent: self._client_lost,
+        }
+
+    # --- entry point ---------------------------------------------------------------------
+
+    def handle(self, *events: SchedulerEvent) -> list[Instruction]:
+        """Apply ``events`` in order; return the instructions to carry out."""
+        self._out = []
+        for ev in events:
+            self._stimulus = ev.stimulus_id
+            handler = self._handlers.get(type(ev))
+            if handler is None:
+                raise TypeError(f"unknown event {type(ev).__name__}")
+            handler(ev)
+            self._schedule()
+        out, self._out = self._out, []
+        return out
+
+    # --- look-ups --------------------------------------------------------------------------
+
+    @property
+    def n_tasks(self) -> int:
+        return sum(s.n for s in self.segments.values())
+
+    def workers(self) -> list[int]:
+        return [w for w, n in enumerate(self.nthreads) if n > 0]
+
+    def segment_of(self, gid: int) -> Segment:
+        i = int(np.searchsorted(self._bases, gid, side="right")) - 1
+        if i < 0 or not self._by_base[i].contains(gid):
+            raise KeyError(f"task id {gid} belongs to no live graph")
+        return self._by_base[i]
+
+    def graph(self, client: str, graph_id: str) -> Segment | None:
+        return self._by_graph.get((client, graph_id))
+
+    def _split(self, gids: np.ndarray) -> Iterator[tuple[Segment, np.ndarray]]:
+        """(segment, local ids) for global ``gids``; ids of dropped segments are skipped."""
+        if not len(gids):
+            return
+        if len(self._by_base) == 1:
+            seg = self._by_base[0]
+            local = gids - seg.base
+            ok = (local >= 0) & (local < seg.n)
+            yield seg, (local if ok.all() else local[ok])
+            return
+        where = np.searchsorted(self._bases, gids, side="right") - 1
+        for i in unique(where):
+            if i < 0:
+                continue
+            seg = self._by_base[int(i)]
+            local = gids[where == i] - seg.base
+            local = local[local < seg.n]
+            if len(local):
+                yield seg, local
+
+    def find_key(self, key: Key) -> int:
+        """Global id of a live task with ``key``, or -1."""
+        for sid in self._names.get(key_name(key), ()):
+            seg = self.segments[sid]
+            i = seg.graph.id_of(key)
+            if 0 <= i < seg.n:
+                return seg.base + i
+        return -1
+
+    def story(self, gid: int) -> list[str]:
+        """The remembered transitions of task ``gid`` (oldest first)."""
+        out = []
+        for stim, base, local, frm, to in self._story:
+            hit = np.nonzero(local == gid - base)[0]
+            if len(hit):
+                out.append(f"{stim}: {S(int(frm[hit[0]])).name} -> {S(to).name}")
+        return out
+
+    # --- transitions -------------------------------------------------------------------------
+
+    def _transition(self, seg: Segment, local: np.ndarray, to: TaskState) -> None:
+        if not len(local):
+            return
+        frm = seg.state[local]
+        legal = _LEGAL[frm, to]
+        if not legal.all():
+            bad = int(local[np.argmin(legal)])
+            gid = seg.base + bad
+            story = "; ".join(self.story(gid)[-8:]) or "(no transitions remembered)"
+            raise InvalidTransition(
+                f"task {seg.key(bad)!r} (id {gid}) cannot go from "
+                f"{S(int(seg.state[bad])).name} to {to.name} on {self._stimulus!r}; "
+                f"story: {story}")
+        self._story.append((self._stimulus, seg.base, local, frm, int(to)))
+        kinds = np.flatnonzero(np.bincount(frm, minlength=len(S)))
+        for f in kinds:
+            part = local if len(kinds) == 1 else local[frm == f]
+            getattr(self, TRANSITIONS[(S(int(f)), to)])(seg, part)
+        seg.state[local] = to
+
+    def _noop(self, seg: Segment, local: np.ndarray) -> None:
+        return None
+
+    def _to_ready(self, seg: Segment, local: np.ndarray) -> None:
+        self._ready.append((seg, local))
+
+    def _ready_processing(self, seg: Segment, local: np.ndarray) -> None:
+        return None  # worker and occupancy are set by _assign, which knows the worker
+
+    def _processing_memory(self, seg: Segment, local: np.ndarray) -> None:
+        return None  # bookkeeping done in _tasks_finished (it owns the batch)
+
+    def _leave_processing(self, seg: Segment, local: np.ndarray) -> None:
+        ws = seg.worker[local]
+        for w, c in zip(*unique_counts(ws), strict=True):
+            self.occupancy[int(w)] -= int(c)
+        seg.worker[local] = -1
+
+    def _leave_processing_ready(self, seg: Segment, local: np.ndarray) -> None:
+        self._leave_processing(seg, local)
+        self._ready.append((seg, local))
+
+    def _memory_released(self, seg: Segment, local: np.ndarray) -> None:
+        ws = seg.worker[local]
+        alive = np.asarray([self.nthreads[int(w)] > 0 if w >= 0 else False
+                            for w in unique(ws)]) if len(ws) else np.zeros(0, bool)
+        for w, ok in zip(unique(ws), alive, strict=True):
+            if ok:
+                self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=local[ws == w] + seg.base))
+        seg.worker[local] = -1
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def _worker_added(self, ev: WorkerAddedEvent) -> None:
+        w = ev.worker
+        if ev.nthreads < 1:
+            raise ValueError(f"worker {w} announced {ev.nthreads} threads; it needs >= 1")
+        while len(self.nthreads) <= w:
+            self.nthreads.append(0)
+            self.occupancy.append(0)
+        if self.nthreads[w] > 0:
+            raise ValueError(f"worker id {w} is already in use (a bug in the runtime)")
+        self.nthreads[w] = ev.nthreads
+        self.occupancy[w] = 0
+
+    def _worker_lost(self, ev: WorkerLostEvent) -> None:
+        w = ev.worker
+        if w >= len(self.nthreads) or self.nthreads[w] == 0:
+            return
+        self.nthreads[w] = 0
+        lost_needed: list[tuple[Segment, np.ndarray]] = []
+        for seg in list(self.segments.values()):
+            held = np.nonzero((seg.state == S.memory) & (seg.worker == w))[0]
+            if len(held):
+                self._transition(seg, held, S.released)
+                needed = held[(seg.remaining[held] > 0) | (seg.wanted[held] > 0)]
+                if len(needed):
+                    lost_needed.append((seg, needed))
+        for seg in list(self.segments.values()):
+            proc = np.nonzero((seg.state == S.processing) & (seg.worker == w))[0]
+            if len(proc):
+                self._requeue(seg, proc)
+        self.occupancy[w] = 0
+        for seg, needed in lost_needed:
+            out = needed[seg.wanted[needed] > 0]
+            seg.outputs_left += len(out)
+            for t in needed.tolist():
+                self._recompute(seg.base + t)
+
+    def _requeue(self, seg: Segment, local: np.ndarray) -> None:
+        """Processing tasks that lost their worker: ready again, or waiting if a dependency
+        is gone."""
+        missing = self._count_missing(seg, local)
+        self._transition(seg, local[missing == 0], S.ready)
+        rest = local[missing > 0]
+        seg.waiting[rest] = missing[missing > 0]
+        self._transition(seg, rest, S.waiting)
+
+    def _count_missing(self, seg: Segment, local: np.ndarray) -> np.ndarray:
+        deps, counts = csr_gather(seg.dep_ptr, seg.dep_idx, local)
+        not_mem = (self._states(deps) != S.memory).astype(np.int64)
+        rows = np.repeat(np.arange(len(local)), counts)
+        return np.bincount(rows, weights=not_mem, minlength=len(local)).astype(np.int64)
+
+    def _states(self, gids: np.ndarray) -> np.ndarray:
+        out = np.full(len(gids), -1, dtype=np.int64)
+        if len(self._by_base) == 1:
+            seg = self._by_base[0]
+            return seg.state[gids - seg.base].astype(np.int64)
+        where = np.searchsorted(self._bases, gids, side="right") - 1
+        for i in unique(where):
+            seg = self._by_base[int(i)]
+            m = where == i
+            out[m] = seg.state[gids[m] - seg.base]
+        return out
+
+    def _recompute(self, gid: int) -> None:
+        """Make a released task that is still needed run again (and, first, any of its
+        dependencies whose results are gone). Rare path: Python per task."""
+        stack = [gid]
+        while stack:
+            t = stack.pop()
+            seg = self.segment_of(t)
+            i = t - seg.base
+            if seg.state[i] != S.released:
+                continue
+            deps = seg.dep_idx[seg.dep_ptr[i]:seg.dep_ptr[i + 1]]
+            missing = 0
+            for d in deps.tolist():
+                dseg = self.segment_of(d)
+                di = d - dseg.base
+                dseg.remaining[di] += 1
+                if dseg.state[di] != S.memory:
+                    missing += 1
+                    if dseg.state[di] == S.released:
+                        stack.append(d)
+            li = np.asarray([i])
+            if missing:
+                seg.waiting[i] = missing
+                self._transition(seg, li, S.waiting)
+            else:
+                self._transition(seg, li, S.ready)
+            self._recount_dependents(seg, i)
+
+    def _recount_dependents(self, seg: Segment, i: int) -> None:
+        """Dependents of a task that is no longer in memory and have not run: count again."""
+        dpts = seg.dpt_idx[seg.dpt_ptr[i]:seg.dpt_ptr[i + 1]].tolist()
+        dpts += self._cross.get(seg.base + i, [])
+        for u in dpts:
+            useg = self.segment_of(u)
+            ui = u - useg.base
+            st = useg.state[ui]
+            if st in (S.waiting, S.ready, S.processing):
+                arr = np.asarray([ui])
+                if st == S.processing:
+                    self._out.append(CancelTasks(stimulus_id=self._stimulus,
+                                                 worker=int(useg.worker[ui]), ids=arr + useg.base))
+                    self._transition(useg, arr, S.waiting)
+                elif st == S.ready:
+                    self._transition(useg, arr, S.waiting)
+                useg.waiting[ui] = int(self._count_missing(useg, arr)[0])
+
+    # --- graphs ------------------------------------------------------------------------------
+
+    def _graph_submitted(self, ev: GraphSubmittedEvent) -> None:
+        try:
+            seg = self._add_segment(ev)
+        except GraphError as e:
+            self._out.append(GraphRejected(stimulus_id=self._stimulus, client=ev.client,
+                                           graph_id=ev.graph_id, reason=str(e)))
+            return
+        n = seg.n
+        if n == 0:
+            self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
+                                          graph_id=seg.graph_id, ids=_EMPTY,
+                                          workers=_EMPTY, done=True))
+            return
+        # every dependency inside the new graph is missing; only external ones may be held
+        missing = np.diff(seg.dep_ptr)
+        if seg.uses:
+            ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)
+            owners = np.repeat(np.arange(n, dtype=np.int64), missing)[ext]
+            held = self._states(seg.dep_idx[ext]) == S.memory
+            missing = missing - np.bincount(owners[held], minlength=n)
+        seg.waiting[:] = missing
+        ready = np.nonzero(missing == 0)[0]
+        self._transition(seg, np.nonzero(missing > 0)[0], S.waiting)
+        self._transition(seg, ready, S.ready)
+        # outputs that are external keys already in memory are reported at once
+        ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
+        if len(ext_out):
+            self._notify_outputs_external(seg, ext_out)
+
+    def _add_segment(self, ev: GraphSubmittedEvent) -> Segment:
+        graph = ev.graph
+        if (ev.client, ev.graph_id) in self._by_graph:
+            raise GraphError(f"graph id {ev.graph_id!r} was already submitted by this client")
+        clash = self._clashing_key(graph)
+        if clash is not None:
+            raise GraphError(f"key {clash!r} is already defined by a graph that is still "
+                             f"live; refer to it as an existing result or use new key names")
+        ext_ids = np.asarray([self.find_key(k) for k in graph.external], dtype=np.int64)
+        if len(ext_ids) and (ext_ids < 0).any():
+            gone = [k for k, i in zip(graph.external, ext_ids.tolist(), strict=True) if i < 0]
+            raise GraphError(f"the graph uses results that the cluster does not hold: "
+                             f"{', '.join(repr(k) for k in gone[:5])}")
+        base = self._next_base
+        indptr, indices = graph.dependencies()
+        gidx = indices + base
+        if len(ext_ids):
+            ext = indices >= graph.n
+            gidx[ext] = ext_ids[indices[ext] - graph.n]
+        seg = Segment(self._next_sid, base, graph, ev.client, ev.graph_id, indptr, gidx)
+        out_ids = np.asarray(ev.outputs, dtype=np.int64)
+        if len(out_ids) and (out_ids.min() < 0 or out_ids.max() >= graph.n + len(ext_ids)):
+            raise GraphError(f"requested task ids outside the graph's 0.."
+                             f"{graph.n + len(ext_ids) - 1}")
+        out_g = np.where(out_ids < graph.n, out_ids + base,
+                         ext_ids[np.clip(out_ids - graph.n, 0, None)] if len(ext_ids)
+                         else out_ids + base)
+        seg.outputs = unique(out_g)
+        internal_out = seg.outputs[(seg.outputs >= base) & (seg.outputs < base + graph.n)]
+        seg.wanted[internal_out - base] += 1  # outputs are unique
+        seg.outputs_left = len(internal_out)
+        seg.priority = graph_priorities(graph, seg.n_dependents) + base
+        self._next_sid += 1
+        self._next_base += graph.n
+        self.segments[seg.sid] = seg
+        self._bases.append(base)
+        self._by_base.append(seg)
+        self._by_graph[(ev.client, ev.graph_id)] = seg
+        for g in graph.groups:
+            for nm in g.keys.names():
+                self._names.setdefault(nm, []).append(seg.sid)
+        if len(ext_ids):
+            self._link_external(seg, indptr, indices, ext_ids)
+        return seg
+
+    def _clashing_key(self, graph: Any) -> Key | None:
+        for g in graph.groups:
+            for nm in g.keys.names():
+                for sid in self._names.get(nm, ()):
+                    other = self.segments[sid].graph
+                    keys = g.keys
+                    if len(keys) and hasattr(keys, "shape"):
+                        k0 = keys.key(0)
+                        if other.id_of(k0) >= 0:
+                            return k0
+                    else:
+                        for k in keys.tolist():
+                            j = other.id_of(k)
+                            if 0 <= j < other.n:
+                                return k
+        return None
+
+    def _link_external(self, seg: Segment, indptr: np.ndarray, indices: np.ndarray,
+                       ext_ids: np.ndarray) -> None:
+        owners = np.repeat(np.arange(seg.n, dtype=np.int64), np.diff(indptr))
+        ext = indices >= seg.n
+        for src, own in zip(ext_ids[indices[ext] - seg.n].tolist(),
+                            (owners[ext] + seg.base).tolist(), strict=True):
+            self._cross.setdefault(src, []).append(own)
+            sseg = self.segment_of(src)
+            sseg.remaining[src - sseg.base] += 1
+        for sseg in {self.segment_of(int(g)).sid: self.segment_of(int(g))
+                     for g in unique(ext_ids)}.values():
+            sseg.refs += 1
+            seg.uses.append(sseg.sid)
+
+    def _notify_outputs_external(self, seg: Segment, gids: np.ndarray) -> None:
+        ws = np.full(len(gids), -1, dtype=np.int64)
+        for j, g in enumerate(gids.tolist()):
+            s = self.segment_of(g)
+            ws[j] = s.worker[g - s.base] if s.state[g - s.base] == S.memory else -1
+        held = ws >= 0
+        self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
+                                      graph_id=seg.graph_id, ids=gids[held],
+                                      workers=ws[held], done=seg.outputs_left == 0))
+
+    # --- results -----------------------------------------------------------------------------
+
+    def _tasks_finished(self, ev: TasksFinishedEvent) -> None:
+        w = ev.worker
+        for seg, local in self._split(np.asarray(ev.ids, dtype=np.int64)):
+            ok = (seg.state[local] == S.processing) & (seg.worker[local] == w)
+            if not ok.all():
+                local = local[ok]  # stale reports (task moved away meanwhile) are dropped
+            if not len(local):
+                continue
+            self._transition(seg, local, S.memory)
+            self.occupancy[w] -= len(local)
+            seg.worker[local] = w
+            self._finished_bookkeeping(seg, local)
+
+    def _finished_bookkeeping(self, seg: Segment, local: np.ndarray) -> None:
+        # dependents inside the segment
+        dpts, _ = csr_gather(seg.dpt_ptr, seg.dpt_idx, local)
+        if len(dpts):
+            dl = dpts - seg.base
+            np.subtract.at(seg.waiting, dl, 1)
+            cand = unique(dl)
+            newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
+            self._transition(seg, newly, S.ready)
+        if self._cross:
+            for g in (local + seg.base).tolist():
+                for u in self._cross.get(g, ()):
+                    useg = self.segment_of(u)
+                    ui = u - useg.base
+                    useg.waiting[ui] -= 1
+                    if useg.waiting[ui] == 0 and useg.state[ui] == S.waiting:
+                        self._transition(useg, np.asarray([ui]), S.ready)
+        # dependencies: one consumer fewer; free what nobody needs any more
+        deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, local)
+        for dseg, dl in self._split(deps):
+            np.subtract.at(dseg.remaining, dl, 1)
+            cand = unique(dl)
+            self._release_unneeded(dseg, cand)
+        # finished tasks nobody depends on and nobody wants (not culled by the client)
+        self._release_unneeded(seg, local)
+        # outputs
+        out = local[seg.wanted[local] > 0]
+        if len(out):
+            seg.outputs_left -= len(out)
+            self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
+                                          graph_id=seg.graph_id, ids=out + seg.base,
+                                          workers=seg.worker[out].astype(np.int64),
+                                          done=seg.outputs_left == 0))
+
+    def _release_unneeded(self, seg: Segment, local: np.ndarray) -> None:
+        free = local[(seg.remaining[local] <= 0) & (seg.wanted[local] == 0)
+                     & (seg.state[local] == S.memory)]
+        self._transition(seg, free, S.released)
+
+    def _task_erred(self, ev: TaskErredEvent) -> None:
+        try:
+            seg = self.segment_of(ev.id)
+        except KeyError:
+            return
+        i = ev.id - seg.base
+        if seg.state[i] != S.processing or seg.worker[i] != ev.worker:
+            return
+        self.occupancy[ev.worker] -= 1
+        seg.worker[i] = ev.worker
+        self._transition(seg, np.asarray([i]), S.erred)
+        hit_outputs: list[tuple[Segment, np.ndarray]] = []
+        for s, erred in self._dependents_closure(seg, np.asarray([i])):
+            st = s.state[erred]
+            proc = erred[st == S.processing]
+            for w in unique(s.worker[proc]):
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[s.worker[proc] == w] + s.base))
+            todo = erred[np.isin(st, (S.waiting, S.ready, S.processing))]
+            self._transition(s, todo, S.erred)
+            own = np.asarray([i] if s is seg else [], dtype=np.int64)
+            hit_outputs.append((s, np.union1d(erred, own)))
+        for s, erred in hit_outputs:
+            outs = erred[s.wanted[erred] > 0]
+            s.outputs_left -= len(outs)
+            self._out.append(KeysErred(stimulus_id=self._stimulus, client=s.client,
+                                       graph_id=s.graph_id, id=ev.id, key=seg.key(i),
+                                       error=ev.error, text=ev.text, ids=outs + s.base))
+
+    def _dependents_closure(self, seg: Segment,
+                            start: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
+        """Every task that depends, transitively, on ``start`` (by segment)."""
+        found: dict[int, np.ndarray] = {seg.sid: _EMPTY}
+        frontier = [(seg, start)]
+        while frontier:
+            nxt = []
+            for s, loc in frontier:
+                d, _ = csr_gather(s.dpt_ptr, s.dpt_idx, loc)
+                new = np.setdiff1d(d - s.base, found.get(s.sid, _EMPTY))
+                if len(new):
+                    found[s.sid] = np.union1d(found.get(s.sid, _EMPTY), new)
+                    nxt.append((s, new))
+                if self._cross:
+                    cross = [u for g in (loc + s.base).tolist() for u in self._cross.get(g, ())]
+                    for cs, cl in self._split(np.asarray(cross, dtype=np.int64)):
+                        new = np.setdiff1d(cl, found.get(cs.sid, _EMPTY))
+                        if len(new):
+                            found[cs.sid] = np.union1d(found.get(cs.sid, _EMPTY), new)
+                            nxt.append((cs, new))
+            frontier = nxt
+        return [(self.segments[sid], loc) for sid, loc in found.items()]
+
+    def _data_lost(self, ev: DataLostEvent) -> None:
+        """A worker could not fetch dependencies: they are gone; recompute them."""
+        for seg, local in self._split(np.asarray(ev.missing, dtype=np.int64)):
+            gone = local[(seg.state[local] == S.memory)
+                         & np.asarray([self.nthreads[int(w)] == 0 if w >= 0 else True
+                                       for w in seg.worker[local]], dtype=bool)]
+            if len(gone):
+                self._transition(seg, gone, S.released)
+                for t in gone.tolist():
+                    self._recompute(seg.base + t)
+        try:
+            seg = self.segment_of(ev.id)
+        except KeyError:
+            return
+        i = ev.id - seg.base
+        if seg.state[i] == S.processing and seg.worker[i] == ev.worker:
+            self._requeue(seg, np.asarray([i]))
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def _client_released(self, ev: ClientReleasedKeysEvent) -> None:
+        seg = self._by_graph.get((ev.client, ev.graph_id))
+        if seg is None:
+            return
+        seg.wanted[:] = 0
+        seg.outputs_left = 0
+        self._maybe_drop(seg)
+
+    def _client_lost(self, ev: ClientLostEvent) -> None:
+        for (client, _gid), seg in list(self._by_graph.items()):
+            if client == ev.client:
+                seg.wanted[:] = 0
+                seg.outputs_left = 0
+                seg.client = ""  # nobody to notify any more
+        for (client, _gid), seg in list(self._by_graph.items()):
+            if client == ev.client:
+                self._maybe_drop(seg)
+
+    def _maybe_drop(self, seg: Segment) -> None:
+        """Forget a graph nobody wants and no later graph uses: cancel its running tasks,
+        free its results, drop its arrays."""
+        if seg.refs > 0 or seg.wanted.any() or seg.sid not in self.segments:
+            return
+        proc = np.nonzero(seg.state == S.processing)[0]
+        for w in unique(seg.worker[proc]):
+            sel = proc[seg.worker[proc] == w]
+            self.occupancy[int(w)] -= len(sel)
+            if self.nthreads[int(w)] > 0:
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=sel + seg.base))
+        mem = np.nonzero(seg.state == S.memory)[0]
+        for w in unique(seg.worker[mem]):
+            if self.nthreads[int(w)] > 0:
+                self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=mem[seg.worker[mem] == w] + seg.base))
+        del self.segments[seg.sid]
+        i = self._by_base.index(seg)
+        del self._by_base[i]
+        del self._bases[i]
+        del self._by_graph[(seg.client or _find_client(self._by_graph, seg), seg.graph_id)]
+        for names in self._names.values():
+            while seg.sid in names:
+                names.remove(seg.sid)
+        for k in [k for k, v in self._names.items() if not v]:
+            del self._names[k]
+        if seg.uses:
+            owners = np.repeat(np.arange(seg.n), np.diff(seg.dep_ptr))
+            ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + seg.n)
+            pending = np.isin(seg.state[owners[ext]], (S.waiting, S.ready, S.processing,
+                                                        S.erred))
+            for g in unique(seg.dep_idx[ext]).tolist():
+                rest = [u for u in self._cross.get(g, ()) if not seg.contains(u)]
+                if rest:
+                    self._cross[g] = rest
+                else:
+                    self._cross.pop(g, None)
+            ids = seg.dep_idx[ext][pending]
+            for g, c in zip(*unique_counts(ids), strict=True):
+                g = int(g)
+                try:
+                    useg = self.segment_of(g)
+                except KeyError:
+                    continue
+                useg.remaining[g - useg.base] -= int(c)
+            for sid in seg.uses:
+                used = self.segments.get(sid)
+                if used is not None:
+                    used.refs -= 1
+                    self._release_unneeded(used, np.arange(used.n))
+                    if not used.client:
+                        self._maybe_drop(used)
+        self._queue = deque((s, loc) for s, loc in self._queue if s is not seg)
+
+    # --- scheduling ----------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Place the tasks that became ready during this event, then top up workers."""
+        ready, self._ready = self._ready, []
+        for seg, local in ready:
+            local = local[seg.state[local] == S.ready]
+            if len(local):
+                self._place(seg, local)
+        self._fill_from_queue()
+
+    def _place(self, seg: Segment, local: np.ndarray) -> None:
+        workers = self.workers()
+        if not workers:
+            self._enqueue(seg, local)
+            return
+        deps, counts = csr_gather(seg.dep_ptr, seg.dep_idx, local)
+        if not len(deps):
+            self._enqueue(seg, local)
+            return
+        holders = np.full(len(deps), -1, dtype=np.int64)
+        n_dpts = np.zeros(len(deps), dtype=np.int64)
+        for dseg, dl in self._split_positions(deps):
+            pos, loc = dl
+            holders[pos] = dseg.worker[loc]
+            n_dpts[pos] = dseg.n_dependents[loc]
+        rows = np.repeat(np.arange(len(local)), counts)
+        vote = (holders >= 0) & (n_dpts <= self.config.shared_dependents)
+        n_w = len(self.nthreads)
+        score = np.bincount(rows[vote] * n_w + holders[vote],
+                            minlength=len(local) * n_w).reshape(len(local), n_w)
+        has_vote = score.max(axis=1) > 0
+        if (~has_vote).any():
+            self._enqueue(seg, local[~has_vote])
+        local, score = local[has_vote], score[has_vote]
+        if not len(local):
+            return
+        dead = np.asarray([t == 0 for t in self.nthreads])
+        occ = np.asarray(self.occupancy, dtype=np.float64)
+        thr = np.maximum(np.asarray(self.nthreads, dtype=np.float64), 1)
+        tiebreak = occ / thr / (occ.max() / thr.min() + 1.0) / 2  # < 0.5: never beats a vote
+        score = score.astype(np.float64) - tiebreak[None, :]
+        score[:, dead] = -np.inf
+        choice = np.argmax(score, axis=1)
+        self._assign(seg, local, choice)
+
+    def _split_positions(self, gids: np.ndarray) -> Iterator[tuple[Segment, tuple]]:
+        if len(self._by_base) == 1:
+            seg = self._by_base[0]
+            yield seg, (slice(None), gids - seg.base)
+            return
+        where = np.searchsorted(self._bases, gids, side="right") - 1
+        for i in unique(where):
+            seg = self._by_base[int(i)]
+            pos = np.nonzero(where == i)[0]
+            yield seg, (pos, gids[pos] - seg.base)
+
+    def _enqueue(self, seg: Segment, local: np.ndarray) -> None:
+        order = np.argsort(seg.priority[local], kind="stable")
+        self._queue.append((seg, local[order]))
+
+    def _fill_from_queue(self) -> None:
+        if not self._queue:
+            return
+        workers = self.workers()
+        if not workers:
+            return
+        if len(self._queue) > 1:
+            self._merge_queue()
+        per = self.config.inflight_per_thread
+        free = {w: per * self.nthreads[w] - self.occupancy[w] for w in workers}
+        # hand out contiguous runs: most free capacity first
+        for w in sorted(workers, key=lambda w: -free[w]):
+            want = free[w]
+            if want <= 0:
+                continue
+            while want > 0 and self._queue:
+                seg, local = self._queue[0]
+                take = local[:want]
+                if len(take) == len(local):
+                    self._queue.popleft()
+                else:
+                    self._queue[0] = (seg, local[want:])
+                take = take[seg.state[take] == S.ready]  # erred/cancelled meanwhile
+                if len(take):
+                    self._assign(seg, take, np.full(len(take), w))
+                    want -= len(take)
+
+    def _merge_queue(self) -> None:
+        by_seg: dict[int, list[np.ndarray]] = {}
+        segs: dict[int, Segment] = {}
+        for seg, local in self._queue:
+            by_seg.setdefault(seg.sid, []).append(local)
+            segs[seg.sid] = seg
+        self._queue = deque()
+        for sid in sorted(by_seg):
+            seg = segs[sid]
+            local = np.concatenate(by_seg[sid])
+            self._queue.append((seg, local[np.argsort(seg.priority[local], kind="stable")]))
+
+    def _assign(self, seg: Segment, local: np.ndarray, choice: np.ndarray) -> None:
+        self._transition(seg, local, S.processing)
+        seg.worker[local] = choice
+        for w in unique(choice):
+            sel = local[choice == w]
+            sel = sel[np.argsort(seg.priority[sel], kind="stable")]
+            self.occupancy[int(w)] += len(sel)
+            self._out.append(SendTasks(stimulus_id=self._stimulus, worker=int(w),
+                                       segment=seg.sid, ids=sel + seg.base))
+
+    # --- checks --------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every invariant; raise AssertionError naming the first one broken."""
+        occ = [0] * len(self.nthreads)
+        for seg in self.segments.values():
+            st = seg.state
+            proc = np.nonzero(st == S.processing)[0]
+            for w in seg.worker[proc].tolist():
+                assert w >= 0 and self.nthreads[w] > 0, f"{seg}: processing on dead worker {w}"
+                occ[w] += 1
+            mem = np.nonzero(st == S.memory)[0]
+            assert (seg.worker[mem] >= 0).all(), f"{seg}: result without holder"
+            for w in unique(seg.worker[mem]).tolist():
+                assert self.nthreads[w] > 0, f"{seg}: result on dead worker {w}"
+            live = np.nonzero(np.isin(st, (S.waiting, S.ready, S.processing)))[0]
+            missing = self._count_missing(seg, live)
+            waiting = st[live] == S.waiting
+            assert (missing[waiting] > 0).all(), f"{seg}: waiting task with all deps in memory"
+            assert (seg.waiting[live[waiting]] == missing[waiting]).all(), \
+                f"{seg}: waiting count differs from dependencies not in memory"
+            assert (missing[~waiting] == 0).all(), f"{seg}: ready/processing task lacks deps"
+            pending = np.isin(st, (S.waiting, S.ready, S.processing, S.erred)).astype(np.int64)
+            owners = np.repeat(np.arange(seg.n), np.diff(seg.dep_ptr))
+            internal = (seg.dep_idx >= seg.base) & (seg.dep_idx < seg.base + seg.n)
+            expect = np.bincount(seg.dep_idx[internal] - seg.base,
+                                 weights=pending[owners[internal]], minlength=seg.n)
+            for g, us in self._cross.items():
+                if seg.contains(g):
+                    for u in us:
+                        useg = self.segment_of(u)
+                        expect[g - seg.base] += useg.state[u - useg.base] in (
+                            S.waiting, S.ready, S.processing, S.erred)
+            done = np.isin(st, (S.memory, S.released))
+            assert (seg.remaining[done] == expect[done]).all(), \
+                f"{seg}: remaining-dependents count is wrong"
+        assert occ == [o if n else 0 for o, n in zip(self.occupancy, self.nthreads,
+                                                         strict=True)], \
+            f"occupancy {self.occupancy} differs from processing tasks {occ}"
+
+
+def _find_client(by_graph: dict[tuple[str, str], Segment], seg: Segment) -> str:
+    return next(c for (c, _g), s in by_graph.items() if s is seg)
