@@ -127,8 +127,11 @@ class SchedulerState:
 
     # --- entry point ---------------------------------------------------------------------
 
-    def handle(self, *events: SchedulerEvent) -> list[Instruction]:
-        """Apply ``events`` in order; return the instructions to carry out."""
+    def handle(self, *events: SchedulerEvent, schedule: bool = True) -> list[Instruction]:
+        """Apply ``events`` in order; return the instructions to carry out.
+
+        With ``schedule=False`` tasks that became ready are only noted; a following
+        ``schedule()`` places them (so that a runtime can time the two apart)."""
         self._out = []
         for ev in events:
             self._stimulus = ev.stimulus_id
@@ -136,9 +139,22 @@ class SchedulerState:
             if handler is None:
                 raise TypeError(f"unknown event {type(ev).__name__}")
             handler(ev)
-            self._schedule()
+            if schedule:
+                self._schedule()
         out, self._out = self._out, []
         return out
+
+    def schedule(self) -> list[Instruction]:
+        """Place tasks noted ready by ``handle(..., schedule=False)``; top up workers."""
+        self._out = []
+        self._schedule()
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def pending_placement(self) -> int:
+        """Ready tasks noted but not placed yet."""
+        return sum(len(loc) for _, loc in self._ready)
 
     # --- look-ups --------------------------------------------------------------------------
 
@@ -177,6 +193,13 @@ class SchedulerState:
             local = local[local < seg.n]
             if len(local):
                 yield seg, local
+
+    def holders(self, gids: np.ndarray) -> np.ndarray:
+        """Worker holding each task's result (-1 if none)."""
+        out = np.full(len(gids), -1, dtype=np.int32)
+        for seg, (pos, loc) in self._split_positions(gids):
+            out[pos] = seg.worker[loc]
+        return out
 
     def find_key(self, key: Key) -> int:
         """Global id of a live task with ``key``, or -1."""

@@ -1,0 +1,150 @@
+"""Stage 7, dispatch: turning ``SendTasks`` into messages, and messages back into work.
+
+Scheduler side: ``graph_def_message`` introduces a graph to a worker once (its function table,
+its groups' key shapes and template blobs); ``compute_message`` carries a batch of tasks as
+arrays (ids, priorities, group and position of each task, dependency ids and the workers
+holding them) plus the opaque spec blob of each task of an explicit group.
+
+Worker side: ``GraphCatalog`` keeps what graph definitions said and turns a compute message
+into a ``ComputeTasksEvent``, compiling each template once per group.
+
+Rules: no per-task Python on the scheduler side (numpy only); blobs stay opaque there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..graph.keys import RegularKeys
+from ..graph.task import IndexSlot, compile_spec, placeholders
+from ..state.events import SendTasks
+from ..state.scheduler import SchedulerState
+from ..state.segment import Segment, csr_gather
+from ..state.worker import ComputeTasksEvent
+from ..wire.encodings import SpecLoader
+from ..wire.frames import WireError
+from .messages import Message, pack
+
+__all__ = ["GraphCatalog", "compute_message", "graph_def_message"]
+
+
+def graph_def_message(seg: Segment, functions: bytes) -> list[Any]:
+    groups = []
+    blobs: list[Any] = [functions]
+    for g in seg.graph.groups:
+        shape = list(g.keys.shape) if isinstance(g.keys, RegularKeys) else None
+        if g.specs is None:
+            groups.append([shape, len(blobs)])
+            blobs.append(g.template)
+        else:
+            groups.append([shape, -1])
+    return pack("graph-def", {"sid": seg.sid, "base": seg.base, "groups": groups}, None, blobs)
+
+
+def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:
+    seg = state.segments[ins.segment]
+    local = ins.ids - seg.base
+    offsets = seg.graph.offsets
+    group = np.searchsorted(offsets, local, side="right") - 1
+    pos = local - offsets[group]
+    deps, counts = csr_gather(seg.dep_ptr, seg.dep_idx, local)
+    dep_ptr = np.zeros(len(local) + 1, dtype=np.int64)
+    np.cumsum(counts, out=dep_ptr[1:])
+    holders = state.holders(deps)
+    blobs: list[Any] = []
+    spec_at = None
+    explicit = [gi for gi, g in enumerate(seg.graph.groups) if g.specs is not None]
+    if explicit:
+        spec_at = np.full(len(local), -1, dtype=np.int32)
+        for gi in explicit:
+            rows = np.flatnonzero(group == gi)
+            if len(rows):
+                specs = seg.graph.groups[gi].specs
+                spec_at[rows] = np.arange(len(blobs), len(blobs) + len(rows))
+                blobs.extend(specs[p] for p in pos[rows].tolist())  # type: ignore[index]
+    arrays = {"ids": ins.ids, "prio": seg.priority[local], "group": group.astype(np.int32),
+              "pos": pos, "dep_ptr": dep_ptr, "deps": deps, "holders": holders}
+    if spec_at is not None:
+        arrays["spec_at"] = spec_at
+    return pack("compute", {"sid": seg.sid}, arrays, blobs)
+
+
+class _Group:
+    __slots__ = ("keys", "runner", "needs_index")
+
+    def __init__(self, keys: RegularKeys | None, runner: Any, needs_index: bool) -> None:
+        self.keys = keys
+        self.runner = runner
+        self.needs_index = needs_index
+
+
+class GraphCatalog:
+    """Worker side: graph definitions received, by segment id."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[int, tuple[SpecLoader, list[_Group]]] = {}
+
+    def define(self, msg: Message) -> None:
+        sid = msg["sid"]
+        loader = SpecLoader(msg.blobs[0] if msg.blobs else b"")
+        groups = []
+        for shape, blob_no in msg["groups"]:
+            keys = RegularKeys("g", shape) if shape is not None else None
+            if blob_no >= 0:
+                template = loader.load(msg.blobs[blob_no])
+                needs = any(type(p) is IndexSlot for p in placeholders(template))
+                groups.append(_Group(keys, compile_spec(template), needs))
+            else:
+                groups.append(_Group(keys, None, True))
+        self._graphs[sid] = (loader, groups)
+
+    def forget(self, sid: int) -> None:
+        self._graphs.pop(sid, None)
+
+    def __contains__(self, sid: int) -> bool:
+        return sid in self._graphs
+
+    def compute_event(self, msg: Message, stimulus_id: str) -> ComputeTasksEvent:
+        sid = msg["sid"]
+        if sid not in self._graphs:
+            raise WireError(f"tasks of graph {sid} arrived before its definition")
+        loader, groups = self._graphs[sid]
+        group = msg.array("group").tolist()
+        pos = msg.array("pos").tolist()
+        spec_at = msg.arrays.get("spec_at")
+        spec_list = spec_at.tolist() if spec_at is not None else None
+        runners = []
+        indices: list[tuple] = []
+        last_g, last = -1, None
+        for i, gi in enumerate(group):
+            if gi != last_g:
+                last_g, last = gi, groups[gi]
+            assert last is not None
+            if last.runner is not None:
+                runners.append(last.runner)
+                indices.append(last.keys.index(pos[i]) if last.needs_index and last.keys
+                               else ())
+            else:
+                blob = msg.blobs[spec_list[i]]  # type: ignore[index]
+                runners.append(_LazySpec(loader, blob))
+                indices.append(())
+        return ComputeTasksEvent(stimulus_id=stimulus_id, ids=msg.array("ids"),
+                                 priorities=msg.array("prio"), runners=runners,
+                                 indices=indices, dep_ptr=msg.array("dep_ptr"),
+                                 dep_ids=msg.array("deps"), dep_holders=msg.array("holders"))
+
+
+class _LazySpec:
+    """A task of an explicit group: loaded and compiled on the thread that runs it, so a
+    spec that cannot be loaded fails that task (with its error) rather than the batch."""
+
+    __slots__ = ("loader", "blob")
+
+    def __init__(self, loader: SpecLoader, blob: Any) -> None:
+        self.loader = loader
+        self.blob = bytes(blob)
+
+    def __call__(self, args: list, index: tuple) -> Any:
+        return compile_spec(self.loader.load(self.blob))(args, index)

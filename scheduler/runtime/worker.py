@@ -1,0 +1,388 @@
+"""The worker process: asyncio and a thread pool around ``WorkerState``.
+
+Rules: the event loop thread owns the state machine; threads only run batches of tasks
+(``Execute``) on arguments already gathered, and hand back results. Finished tasks are
+reported in one message per loop iteration, not per task. Peers (other workers, clients)
+fetch results with ``get-data``; results are pickled here, in batches. The worker exits when
+its scheduler connection ends, when told to close, or when its parent process dies.
+
+Spans: ``dispatch`` (receiving and decoding task batches), ``execute`` (running batches,
+fetching dependencies, serving results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ..stages import SpanRecorder, Stage
+from ..state.worker import (
+    CancelTasksEvent,
+    DataFetchedEvent,
+    Execute,
+    ExecutedEvent,
+    FetchData,
+    ReleaseDataEvent,
+    ReportDataLost,
+    ReportErred,
+    ReportFinished,
+    WorkerEvent,
+    WorkerInstruction,
+    WorkerState,
+)
+from ..wire.encodings import SpecLoadError
+from ..wire.frames import WireError
+from .clocks import clock_identity, estimate_offset, now_ns
+from .comm import LOOPBACK, Comm, CommClosedError, connect, serve
+from .dispatch import GraphCatalog
+from .messages import Message
+from .scheduler_server import TOKEN_ENV
+
+__all__ = ["WorkerServer", "dumps_error", "dumps_values", "main"]
+
+
+def dumps_error(exc: BaseException) -> tuple[bytes, str]:
+    """(pickled exception, formatted traceback); an exception that cannot be pickled is
+    replaced by a RuntimeError carrying its repr."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = cloudpickle.dumps(exc)
+    except Exception:
+        blob = cloudpickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return blob, text
+
+
+def dumps_values(values: dict[int, Any]) -> tuple[bytes, dict[int, str]]:
+    """Pickle ``values`` in one blob; values that cannot be pickled are left out and returned
+    as ``{id: reason}``."""
+    try:
+        return pickle.dumps(values, protocol=5), {}
+    except Exception:
+        pass
+    good: dict[int, Any] = {}
+    bad: dict[int, str] = {}
+    for k, v in values.items():
+        try:
+            cloudpickle.dumps(v)
+            good[k] = v
+        except Exception as e:
+            bad[k] = f"{type(e).__name__}: {e}"
+    return cloudpickle.dumps(good), bad
+
+
+def _run_batch(tasks: list, recorder: SpanRecorder) -> tuple[dict[int, Any], list]:
+    results: dict[int, Any] = {}
+    errors: list[tuple[int, bytes, str]] = []
+    with recorder.span(Stage.execute, tasks=len(tasks)):
+        for tid, runner, args, index in tasks:
+            try:
+                results[tid] = runner(args, index)
+            except BaseException as e:  # noqa: BLE001 - a task's failure goes to its caller
+                errors.append((tid, *dumps_error(e)))
+    return results, errors
+
+
+class WorkerServer:
+    def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
+                 host: str = LOOPBACK, record: bool = True,
+                 auth_token: str | None = None) -> None:
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.name = name or f"worker-{os.getpid()}"
+        self.host = host
+        self.auth_token = auth_token
+        self.state = WorkerState(nthreads)
+        self.catalog = GraphCatalog()
+        self.recorder = SpanRecorder(self.name, enabled=record)
+        self.peers: dict[int, str] = {}
+        self.wid = -1
+        self.address = ""
+        self.offset_ns = 0
+        self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix="stagecost-task")
+        self._scheduler: Comm | None = None
+        self._peer_comms: dict[str, Comm] = {}
+        self._peer_locks: dict[str, asyncio.Lock] = {}
+        self._finished: list[int] = []
+        self._flush_pending = False
+        self._failed_graphs: dict[int, str] = {}
+        self._done = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server, self.address = await serve(self._on_peer, self.host, 0)
+        comm = await connect(self.scheduler_address)
+        t0 = now_ns()
+        hello = {"nthreads": self.nthreads, "address": self.address, "name": self.name,
+                 "t0": t0, "clock": clock_identity()}
+        if self.auth_token:
+            hello["token"] = self.auth_token
+        welcome = await comm.request("hello-worker", hello, timeout=30)
+        t2 = now_ns()
+        if welcome.op != "welcome":
+            raise ConnectionRefusedError(f"the scheduler refused this worker: "
+                                         f"{welcome.fields.get('reason', welcome.op)}")
+        self._scheduler = comm
+        self.wid = int(welcome["worker"])
+        self.offset_ns = estimate_offset(t0, int(welcome["t1"]), t2, str(welcome["clock"]))
+        self.recorder.role = f"worker-{self.wid}"
+        self._set_peers(welcome["peers"])
+        self._spawn(self._listen())
+        self._spawn(self._heartbeat(float(welcome["heartbeat"])))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    async def close(self) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._scheduler:
+            await self._scheduler.close()
+        for c in self._peer_comms.values():
+            await c.close()
+        if self._server:
+            self._server.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _set_peers(self, peers: dict[str, str]) -> None:
+        self.peers = {int(k): v for k, v in peers.items()}
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            assert self._scheduler is not None
+            self._scheduler.post_msg("heartbeat")
+
+    # --- messages from the scheduler ---------------------------------------------------------
+
+    async def _listen(self) -> None:
+        assert self._scheduler is not None
+        try:
+            while True:
+                msg = await self._scheduler.recv()
+                if not self._on_message(msg):
+                    break
+        except (CommClosedError, WireError) as e:
+            if not self._done.is_set():
+                print(f"{self.name}: scheduler connection ended ({e}); exiting",
+                      file=sys.stderr)
+        finally:
+            await self.close()
+
+    def _on_message(self, msg: Message) -> bool:
+        op = msg.op
+        if op == "compute":
+            self._on_compute(msg)
+        elif op == "graph-def":
+            try:
+                self.catalog.define(msg)
+            except SpecLoadError as e:
+                self._failed_graphs[int(msg["sid"])] = str(e)
+        elif op == "release":
+            self._handle(ReleaseDataEvent(stimulus_id="release", ids=msg.array("ids")))
+        elif op == "cancel":
+            self._handle(CancelTasksEvent(stimulus_id="cancel", ids=msg.array("ids")))
+        elif op == "forget-graph":
+            self.catalog.forget(int(msg["sid"]))
+            self._failed_graphs.pop(int(msg["sid"]), None)
+        elif op == "peers":
+            self._set_peers(msg["peers"])
+        elif op == "spans":
+            rows = self.recorder.drain() if msg.fields.get("drain", True) else list(
+                self.recorder._rows)
+            shifted = [[r[0], r[1], r[2] + self.offset_ns, r[3] + self.offset_ns, *r[4:]]
+                       for r in rows]
+            assert self._scheduler is not None
+            self._scheduler.post_msg("spans", {"request": msg["request"], "rows": shifted})
+        elif op == "close":
+            return False
+        return True
+
+    def _on_compute(self, msg: Message) -> None:
+        sid = int(msg["sid"])
+        ids = msg.array("ids")
+        if sid in self._failed_graphs:
+            assert self._scheduler is not None
+            reason = self._failed_graphs[sid]
+            blob, text = dumps_error(SpecLoadError(reason))
+            for tid in ids.tolist():
+                self._scheduler.post_msg("erred", {"id": tid, "text": text}, blobs=[blob])
+            return
+        with self.recorder.span(Stage.dispatch, tasks=len(ids), messages=1):
+            event = self.catalog.compute_event(msg, "compute")
+        self._handle(event)
+
+    # --- the state machine and its instructions -------------------------------------------------
+
+    def _handle(self, *events: WorkerEvent) -> None:
+        self._do(self.state.handle(*events))
+
+    def _do(self, instructions: list[WorkerInstruction]) -> None:
+        loop = asyncio.get_running_loop()
+        sched = self._scheduler
+        for ins in instructions:
+            if isinstance(ins, Execute):
+                fut = loop.run_in_executor(self._pool, _run_batch, ins.tasks, self.recorder)
+                fut.add_done_callback(self._batch_done)
+            elif isinstance(ins, ReportFinished):
+                self._finished.extend(ins.ids)
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    loop.call_soon(self._flush_finished)
+            elif isinstance(ins, FetchData):
+                self._spawn(self._fetch(ins.peer, ins.ids))
+            elif isinstance(ins, ReportErred) and sched is not None:
+                with contextlib.suppress(CommClosedError):
+                    sched.post_msg("erred", {"id": ins.id, "text": ins.text}, blobs=[ins.error])
+            elif isinstance(ins, ReportDataLost) and sched is not None:
+                with contextlib.suppress(CommClosedError):
+                    sched.post_msg("data-lost", {"id": ins.id},
+                                   {"missing": np.asarray(ins.missing, dtype=np.int64)})
+
+    def _batch_done(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or self._done.is_set():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            print(f"{self.name}: a task batch failed outside any task: {exc!r}",
+                  file=sys.stderr)
+            return
+        results, errors = fut.result()
+        self._handle(ExecutedEvent(stimulus_id="executed", results=results, errors=errors))
+
+    def _flush_finished(self) -> None:
+        self._flush_pending = False
+        ids, self._finished = self._finished, []
+        if ids and self._scheduler is not None:
+            with contextlib.suppress(CommClosedError):
+                self._scheduler.post_msg("finished", {},
+                                         {"ids": np.asarray(ids, dtype=np.int64)})
+
+    # --- data between workers -------------------------------------------------------------------
+
+    async def _peer_comm(self, address: str) -> Comm:
+        lock = self._peer_locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            comm = self._peer_comms.get(address)
+            if comm is None or comm.closed:
+                comm = await connect(address)
+                hello = {"name": self.name}
+                if self.auth_token:
+                    hello["token"] = self.auth_token
+                comm.post_msg("hello-peer", hello)
+                self._peer_comms[address] = comm
+            return comm
+
+    async def _fetch(self, peer: int, ids: list[int]) -> None:
+        address = self.peers.get(peer)
+        values: dict[int, Any] = {}
+        missing = list(ids)
+        with self.recorder.span(Stage.execute, tasks=len(ids), messages=1) as sp:
+            if address is not None:
+                try:
+                    if address == self.address:
+                        values = {i: self.state.data[i] for i in ids if i in self.state.data}
+                    else:
+                        comm = await self._peer_comm(address)
+                        lock = self._peer_locks[address + "/req"] = self._peer_locks.get(
+                            address + "/req", asyncio.Lock())
+                        async with lock:
+                            reply = await comm.request(
+                                "get-data", {}, {"ids": np.asarray(ids, dtype=np.int64)},
+                                timeout=120)
+                        sp.nbytes = sum(len(b) for b in reply.blobs)
+                        values = pickle.loads(reply.blobs[0]) if reply.blobs else {}
+                    missing = [i for i in ids if i not in values]
+                except (CommClosedError, WireError, TimeoutError, OSError):
+                    self._peer_comms.pop(address, None)
+        if not self._done.is_set():
+            self._handle(DataFetchedEvent(stimulus_id="fetched", peer=peer, values=values,
+                                          missing=missing))
+
+    async def _on_peer(self, comm: Comm) -> None:
+        """Serve ``get-data`` to other workers and to clients gathering results."""
+        try:
+            hello = await asyncio.wait_for(comm.recv(), 10)
+            if self.auth_token and hello.fields.get("token") != self.auth_token:
+                comm.post_msg("error", {"reason": "authentication failed"})
+                return
+            while True:
+                msg = await comm.recv()
+                if msg.op != "get-data":
+                    comm.post_msg("error", {"reason": f"unknown request {msg.op!r}"})
+                    continue
+                ids = msg.array("ids").tolist()
+                data = self.state.data
+                with self.recorder.span(Stage.execute, tasks=len(ids), messages=1) as sp:
+                    values = {i: data[i] for i in ids if i in data}
+                    blob, bad = dumps_values(values)
+                    sp.nbytes = len(blob)
+                comm.post_msg("data", {"unserializable": {str(k): v for k, v in bad.items()}},
+                              blobs=[blob])
+        except (CommClosedError, WireError, TimeoutError):
+            return
+
+
+async def _main_async(args: argparse.Namespace) -> None:
+    token = args.auth_token or os.environ.get(TOKEN_ENV) or None
+    worker = WorkerServer(args.scheduler, nthreads=args.nthreads, name=args.name,
+                          host=args.host, record=not args.no_record, auth_token=token)
+    await worker.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: loop.create_task(worker.close()))
+    if args.parent_pid:
+        loop.create_task(_exit_with_parent(args.parent_pid, worker))
+    await worker.wait_closed()
+
+
+async def _exit_with_parent(pid: int, worker: WorkerServer) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != pid:
+            await worker.close()
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="stagecost worker",
+                                description="Run a stagecost reference worker.")
+    p.add_argument("scheduler", help="scheduler address, tcp://HOST:PORT")
+    p.add_argument("--nthreads", type=int, default=1, help="threads running tasks")
+    p.add_argument("--name", default=None, help="name shown in reports")
+    p.add_argument("--host", default=LOOPBACK, help="address to serve peers on")
+    p.add_argument("--auth-token", default=None,
+                   help=f"shared secret expected by the scheduler (or ${TOKEN_ENV})")
+    p.add_argument("--no-record", action="store_true", help="do not record stage spans")
+    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.nthreads < 1:
+        p.error("--nthreads must be at least 1")
+    try:
+        asyncio.run(_main_async(args))
+    except (ConnectionError, OSError) as e:
+        print(f"stagecost worker: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The worker's state machine: which tasks wait for which data, what runs next.
+
+Rules: pure, like the scheduler's (no sockets, threads, clocks). The runtime turns messages
+into events and carries out the instructions: ``Execute`` batches run on its threads,
+``FetchData`` becomes a request to a peer, ``Report*`` become batched messages to the
+scheduler. Task code is opaque here: a *runner* is any callable ``runner(args, index)``
+prepared by the runtime; this module never calls it.
+
+Data: ``data`` holds results by task id. Results computed here stay until the scheduler
+releases them; copies fetched from peers are dropped as soon as no local task needs them.
+Tasks run in the scheduler's priority order (lowest first).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CancelTasksEvent", "ComputeTasksEvent", "DataFetchedEvent", "Execute", "ExecutedEvent",
+    "FetchData", "ReleaseDataEvent", "ReportDataLost", "ReportErred", "ReportFinished",
+    "WorkerState",
+]
+
+_DC = {"frozen": True, "slots": True, "kw_only": True}
+
+
+@dataclass(**_DC)
+class WorkerEvent:
+    stimulus_id: str
+
+
+@dataclass(**_DC)
+class ComputeTasksEvent(WorkerEvent):
+    """Run tasks ``ids``: ``runners[i](args, indices[i])`` where ``args`` are the values of
+    ``dep_ids[dep_ptr[i]:dep_ptr[i+1]]``, held by workers ``dep_holders`` (same layout)."""
+
+    ids: np.ndarray
+    priorities: np.ndarray
+    runners: list[Callable[[list, tuple], Any]]
+    indices: list[tuple]
+    dep_ptr: np.ndarray
+    dep_ids: np.ndarray
+    dep_holders: np.ndarray
+
+
+@dataclass(**_DC)
+class ExecutedEvent(WorkerEvent):
+    """A batch ran: ``results`` ``{id: value}``; ``errors`` ``[(id, error blob, text)]``."""
+
+    results: dict[int, Any]
+    errors: list[tuple[int, bytes, str]] = field(default_factory=list)
+
+
+@dataclass(**_DC)
+class DataFetchedEvent(WorkerEvent):
+    """A peer answered a fetch: ``values`` arrived; ``missing`` ids it did not have."""
+
+    peer: int
+    values: dict[int, Any]
+    missing: list[int] = field(default_factory=list)
+
+
+@dataclass(**_DC)
+class ReleaseDataEvent(WorkerEvent):
+    ids: np.ndarray
+
+
+@dataclass(**_DC)
+class CancelTasksEvent(WorkerEvent):
+    ids: np.ndarray
+
+
+@dataclass(**_DC)
+class WorkerInstruction:
+    stimulus_id: str
+
+
+@dataclass(**_DC)
+class Execute(WorkerInstruction):
+    """Run ``tasks``: ``[(id, runner, args, index)]``, in order."""
+
+    tasks: list[tuple[int, Callable[[list, tuple], Any], list, tuple]]
+
+
+@dataclass(**_DC)
+class FetchData(WorkerInstruction):
+    peer: int
+    ids: list[int]
+
+
+@dataclass(**_DC)
+class ReportFinished(WorkerInstruction):
+    ids: list[int]
+
+
+@dataclass(**_DC)
+class ReportErred(WorkerInstruction):
+    id: int
+    error: bytes
+    text: str
+
+
+@dataclass(**_DC)
+class ReportDataLost(WorkerInstruction):
+    id: int
+    missing: list[int]
+
+
+class _Task:
+    __slots__ = ("id", "priority", "runner", "deps", "index", "missing")
+
+    def __init__(self, tid: int, priority: int, runner: Callable[[list, tuple], Any],
+                 deps: list[int], index: tuple) -> None:
+        self.id = tid
+        self.priority = priority
+        self.runner = runner
+        self.deps = deps
+        self.index = index
+        self.missing = 0
+
+
+class WorkerState:
+    def __init__(self, nthreads: int = 1, max_batch: int = 256) -> None:
+        if nthreads < 1:
+            raise ValueError(f"a worker needs at least one thread, got {nthreads}")
+        self.nthreads = nthreads
+        self.max_batch = max_batch
+        self.data: dict[int, Any] = {}
+        self.tasks: dict[int, _Task] = {}          # not yet handed to a thread
+        self.ready: list[tuple[int, int]] = []     # heap of (priority, id)
+        self.waiters: dict[int, list[int]] = {}    # missing dependency -> task ids
+        self.fetched_users: dict[int, int] = {}    # fetched copy -> local tasks needing it
+        self.fetching: set[int] = set()
+        self.running_batches = 0
+        self.executed = 0
+        self._out: list[WorkerInstruction] = []
+        self._stimulus = ""
+
+    def handle(self, *events: WorkerEvent) -> list[WorkerInstruction]:
+        self._out = []
+        for ev in events:
+            self._stimulus = ev.stimulus_id
+            if isinstance(ev, ComputeTasksEvent):
+                self._compute(ev)
+            elif isinstance(ev, ExecutedEvent):
+                self._executed(ev)
+            elif isinstance(ev, DataFetchedEvent):
+                self._fetched(ev)
+            elif isinstance(ev, ReleaseDataEvent):
+                for t in ev.ids.tolist():
+                    self.data.pop(t, None)
+            elif isinstance(ev, CancelTasksEvent):
+                for t in ev.ids.tolist():
+                    self._drop(t)
+            else:
+                raise TypeError(f"unknown event {type(ev).__name__}")
+        self._start_batches()
+        out, self._out = self._out, []
+        return out
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _compute(self, ev: ComputeTasksEvent) -> None:
+        ids = ev.ids.tolist()
+        prio = ev.priorities.tolist()
+        ptr = ev.dep_ptr.tolist()
+        dep_ids = ev.dep_ids.tolist()
+        holders = ev.dep_holders.tolist()
+        data, ready, tasks = self.data, self.ready, self.tasks
+        fetch: dict[int, list[int]] = {}
+        for i, tid in enumerate(ids):
+            if tid in tasks or tid in data:
+                continue  # already known (a resent batch after a peer was lost)
+            deps = dep_ids[ptr[i]:ptr[i + 1]]
+            task = _Task(tid, prio[i], ev.runners[i], deps, ev.indices[i])
+            tasks[tid] = task
+            for j in range(ptr[i], ptr[i + 1]):
+                d = dep_ids[j]
+                if d not in data:
+                    task.missing += 1
+                    self.waiters.setdefault(d, []).append(tid)
+                    self.fetched_users[d] = self.fetched_users.get(d, 0) + 1
+                    if d not in self.fetching:
+                        self.fetching.add(d)
+                        fetch.setdefault(holders[j], []).append(d)
+                elif d in self.fetched_users:
+                    self.fetched_users[d] += 1
+            if not task.missing:
+                heapq.heappush(ready, (task.priority, tid))
+        for peer, want in fetch.items():
+            self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
+
+    def _executed(self, ev: ExecutedEvent) -> None:
+        self.running_batches -= 1
+        self.data.update(ev.results)
+        self.executed += len(ev.results) + len(ev.errors)
+        if ev.results:
+            self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=list(ev.results)))
+        for tid, blob, text in ev.errors:
+            self._out.append(ReportErred(stimulus_id=self._stimulus, id=tid, error=blob,
+                                         text=text))
+
+    def _fetched(self, ev: DataFetchedEvent) -> None:
+        for d, value in ev.values.items():
+            self.fetching.discard(d)
+            if d not in self.waiters:
+                continue  # nobody waits any more (cancelled meanwhile)
+            self.data[d] = value
+            for tid in self.waiters.pop(d):
+                task = self.tasks.get(tid)
+                if task is not None:
+                    task.missing -= 1
+                    if task.missing == 0:
+                        heapq.heappush(self.ready, (task.priority, tid))
+        lost: dict[int, list[int]] = {}
+        for d in ev.missing:
+            self.fetching.discard(d)
+            for tid in self.waiters.pop(d, ()):
+                lost.setdefault(tid, []).append(d)
+        for tid, missing in lost.items():
+            self._drop(tid)
+            self._out.append(ReportDataLost(stimulus_id=self._stimulus, id=tid,
+                                            missing=missing))
+
+    def _drop(self, tid: int) -> None:
+        """Forget a task not started yet (cancelled, or its data is lost)."""
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            return
+        for d in task.deps:
+            self._unuse(d)
+            waiting = self.waiters.get(d)
+            if waiting and tid in waiting:
+                waiting.remove(tid)
+                if not waiting:
+                    del self.waiters[d]
+
+    def _unuse(self, d: int) -> None:
+        n = self.fetched_users.get(d)
+        if n is None:
+            return
+        if n <= 1:
+            del self.fetched_users[d]
+            if d not in self.waiters:
+                self.data.pop(d, None)
+        else:
+            self.fetched_users[d] = n - 1
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _start_batches(self) -> None:
+        ready, tasks, data = self.ready, self.tasks, self.data
+        while self.running_batches < self.nthreads and ready:
+            size = min(self.max_batch, len(ready) // self.nthreads + 1)
+            batch = []
+            while ready and len(batch) < size:
+                _, tid = heapq.heappop(ready)
+                task = tasks.pop(tid, None)
+                if task is None:
+                    continue  # cancelled
+                batch.append((tid, task.runner, [data[d] for d in task.deps], task.index))
+                for d in task.deps:
+                    if d in self.fetched_users:
+                        self._unuse(d)
+            if batch:
+                self.running_batches += 1
+                self._out.append(Execute(stimulus_id=self._stimulus, tasks=batch))
+
+    @property
+    def idle(self) -> bool:
+        return not self.tasks and not self.running_batches
