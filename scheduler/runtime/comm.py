@@ -20,6 +20,8 @@ from .messages import Message, pack, unpack
 __all__ = ["Comm", "CommClosedError", "connect", "parse_address", "serve"]
 
 LOOPBACK = "127.0.0.1"
+TOKEN_ENV = "STAGECOST_AUTH_TOKEN"
+"""Environment variable holding the shared secret (instead of ``--auth-token``)."""
 
 
 class CommClosedError(ConnectionError):
@@ -169,8 +171,11 @@ async def serve(handler: Callable[[Comm], Awaitable[None]], host: str = LOOPBACK
         comm = Comm(reader, writer, limits)
         try:
             await handler(comm)
+        except asyncio.CancelledError:
+            pass  # the server is shutting down; the connection just ends
         finally:
-            await comm.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await comm.close()
 
     server = await asyncio.start_server(on_connect, host, port, limit=2 ** 20)
     sock = server.sockets[0].getsockname()

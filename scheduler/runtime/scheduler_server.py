@@ -49,13 +49,11 @@ from ..state.scheduler import SchedulerConfig, SchedulerState
 from ..wire.encodings import WireGraph, decode_graph
 from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
-from .comm import LOOPBACK, Comm, CommClosedError, serve
+from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve
 from .dispatch import compute_message, graph_def_message
 from .messages import Message
 
 __all__ = ["SchedulerServer", "main"]
-
-TOKEN_ENV = "STAGECOST_AUTH_TOKEN"
 
 
 @dataclass

@@ -44,10 +44,9 @@ from ..state.worker import (
 from ..wire.encodings import SpecLoadError
 from ..wire.frames import WireError
 from .clocks import clock_identity, estimate_offset, now_ns
-from .comm import LOOPBACK, Comm, CommClosedError, connect, serve
+from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve
 from .dispatch import GraphCatalog
 from .messages import Message
-from .scheduler_server import TOKEN_ENV
 
 __all__ = ["WorkerServer", "dumps_error", "dumps_values", "main"]
 
