@@ -193,8 +193,7 @@ def random_dag_graph(levels: int, width: int, max_deps: int, window: int,
         np.cumsum(counts, out=indptr[1:])
         first = max(0, lev - window) * width
         picks = rng.integers(first, lev * width, size=int(indptr[-1]))
-        # distinct dependencies per task: sort within rows, drop repeats by nudging to
-        # the task of the level before (always earlier, always valid)
+        # distinct dependencies per task: sort within rows, drop repeats
         owner = np.repeat(np.arange(width), counts)
         order = np.lexsort((picks, owner))
         picks = picks[order]
@@ -213,7 +212,8 @@ def random_dag_graph(levels: int, width: int, max_deps: int, window: int,
 
 def _random_dag(n: int, width: int = 0, max_deps: int = 3, window: int = 4,
                 seed: int = 0) -> Workload:
-    width = width or max(1, min(10_000, round(math.sqrt(n) * 10)))
+    # about 10*sqrt(n) wide, but at least 4 levels so that small graphs have edges
+    width = width or max(1, min(10_000, round(math.sqrt(n) * 10), n // 4))
     levels = max(1, round(n / width))
     params = {"levels": levels, "width": width, "max_deps": max_deps, "window": window,
               "seed": seed}

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from itertools import product
 from typing import Union
 
+import numpy as np
+
 Key = Union[str, tuple]  # noqa: UP007  (a runtime alias, used in isinstance-free annotations)
 
 __all__ = ["ExplicitKeys", "Key", "KeyBlock", "RegularKeys", "check_key", "key_name"]
@@ -132,6 +134,32 @@ class RegularKeys(KeyBlock):
                 return -1
             pos += part * st
         return pos
+
+    def positions(self, keys: list) -> np.ndarray | None:
+        """Positions of many keys at once, or ``None`` if the fast path does not apply (not all
+        keys are ``(name, *ints)`` of this block); -1 for keys outside the shape."""
+        name, nd = self.name, len(self.shape)
+        if not nd or not keys:
+            return None
+        try:
+            if not all(type(k) is tuple and len(k) == nd + 1 and k[0] == name
+                       and all(type(i) is int for i in k[1:]) for k in keys):
+                return None
+            idx = np.array([k[1:] for k in keys], dtype=np.int64).reshape(len(keys), nd)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        ok = ((idx >= 0) & (idx < np.asarray(self.shape))).all(axis=1)
+        pos = idx @ np.asarray(self._strides, dtype=np.int64)
+        return np.where(ok, pos, -1)
+
+    def indices(self, positions: np.ndarray) -> list[tuple]:
+        """Block indices of many positions (``index(i)`` for each)."""
+        if not self.shape:
+            return [()] * len(positions)
+        if len(self.shape) == 1:
+            return [(p,) for p in positions.tolist()]
+        parts = np.unravel_index(positions, self.shape)
+        return list(zip(*(p.tolist() for p in parts), strict=True))
 
     def tolist(self) -> list[Key]:
         name = self.name

@@ -352,28 +352,32 @@ class LayerGraph:
 
     @staticmethod
     def _toposort(by_name: dict[str, Layer]) -> dict[str, Layer]:
-        # Materialized layers may refer to keys rather than layer names; only names of known
-        # layers count as edges here, the rest is checked at lowering.
+        """Layers with every input first (iterative DFS: thousands of layers are fine)."""
+        provider = _key_providers(by_name)
         out: dict[str, Layer] = {}
-        visiting: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in out:
-                return
-            if name in visiting:
-                raise CycleError(visiting[visiting.index(name):] + [name])
-            visiting.append(name)
-            layer = by_name[name]
-            for dep in layer.dependencies:
-                if dep in by_name:
-                    visit(dep)
-                elif not isinstance(layer, Materialized):
-                    raise MissingDependencyError({dep: name})
-            visiting.pop()
-            out[name] = layer
-
-        for name in by_name:
-            visit(name)
+        on_path: set[str] = set()
+        for root in by_name:
+            if root in out:
+                continue
+            stack: list[tuple[str, int]] = [(root, 0)]
+            path: list[str] = []
+            while stack:
+                name, state = stack.pop()
+                if state == 1:
+                    on_path.discard(name)
+                    path.pop()
+                    out[name] = by_name[name]
+                    continue
+                if name in out:
+                    continue
+                if name in on_path:
+                    raise CycleError(path[path.index(name):] + [name])
+                on_path.add(name)
+                path.append(name)
+                stack.append((name, 1))
+                for dep in reversed(_inputs(by_name[name], by_name, provider)):
+                    if dep not in out:
+                        stack.append((dep, 0))
         sized: dict[str, Layer] = {}
         for name, layer in out.items():
             if isinstance(layer, Reduction | Shuffle):
@@ -393,12 +397,17 @@ class LayerGraph:
     def n_tasks(self) -> int:
         return sum(layer.n_tasks for layer in self.layers.values())
 
+    def inputs(self, name: str) -> list[str]:
+        """Names of the layers that layer ``name`` reads (by name or, for Materialized
+        layers, by the names of the keys it refers to)."""
+        return _inputs(self.layers[name], self.layers, _key_providers(self.layers))
+
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {name: [] for name in self.layers}
+        provider = _key_providers(self.layers)
         for name, layer in self.layers.items():
-            for dep in layer.dependencies:
-                if dep in out:
-                    out[dep].append(name)
+            for dep in _inputs(layer, self.layers, provider):
+                out[dep].append(name)
         return out
 
     def lower(self) -> TaskGraph:
@@ -439,12 +448,13 @@ class LayerGraph:
         for nm in stack:
             if nm not in self.layers:
                 raise MissingDependencyError({nm: "(requested)"})
+        provider = _key_providers(self.layers)
         while stack:
             nm = stack.pop()
             if nm in need:
                 continue
             need.add(nm)
-            stack.extend(d for d in self.layers[nm].dependencies if d in self.layers)
+            stack.extend(_inputs(self.layers[nm], self.layers, provider))
         if len(need) == len(self.layers):
             return self
         return LayerGraph(layer for nm, layer in self.layers.items() if nm in need)
@@ -456,6 +466,7 @@ class LayerGraph:
         layers = dict(self.layers)
         dependents = self.dependents()
         fused_any = False
+        depth = {name: 1 for name in layers}  # layers nested in each template
         for name in list(layers):
             layer = layers[name]
             if not isinstance(layer, Blockwise):
@@ -469,7 +480,9 @@ class LayerGraph:
                     src = layers.get(dep)
                     if (isinstance(src, Blockwise) and dep not in keep
                             and src.out_shape == layer.out_shape
-                            and dependents.get(dep) == [name] and uses.count(dep) == 1):
+                            and dependents.get(dep) == [name] and uses.count(dep) == 1
+                            and depth[name] + depth[dep] <= MAX_FUSED_DEPTH):
+                        depth[name] += depth[dep]
                         template = map_placeholders(
                             template,
                             lambda p, d=dep, t=src.template: t
@@ -483,6 +496,36 @@ class LayerGraph:
             if template is not layer.template:
                 layers[name] = Blockwise(name, layer.out_shape, template)
         return LayerGraph(layers.values()) if fused_any else self
+
+
+MAX_FUSED_DEPTH = 64
+"""Most layers fused into one template: deeper nesting would exhaust Python's recursion
+when the template is compiled; longer chains fuse into several layers."""
+
+
+def _key_providers(layers: Mapping[str, Layer]) -> dict[str, str]:
+    """Key name -> the Materialized layer defining keys of that name (when not a layer)."""
+    out: dict[str, str] = {}
+    for name, layer in layers.items():
+        if isinstance(layer, Materialized):
+            for k in layer.tasks:
+                nm = key_name(k)
+                if nm not in layers:
+                    out.setdefault(nm, name)
+    return out
+
+
+def _inputs(layer: Layer, layers: Mapping[str, Layer], provider: Mapping[str, str]
+            ) -> list[str]:
+    out: dict[str, None] = {}
+    for dep in layer.dependencies:
+        src = dep if dep in layers else provider.get(dep)
+        if src is None:
+            if not isinstance(layer, Materialized):
+                raise MissingDependencyError({dep: layer.name})
+            continue  # checked key by key at lowering
+        out[src] = None
+    return list(out)
 
 
 def _with_size(layer: Layer, size: int) -> Layer:

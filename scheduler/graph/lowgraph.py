@@ -111,6 +111,9 @@ class TaskGraph:
         self.n = int(self.offsets[-1])
         self.external = [check_key(k) for k in external]
         self._ext_pos = {k: i for i, k in enumerate(self.external)}
+        if len(self._ext_pos) != len(self.external):
+            seen: set[Key] = set()
+            raise DuplicateKeyError([k for k in self.external if k in seen or seen.add(k)])
         self._by_name: dict[str, list[int]] = {}
         for gi, g in enumerate(self.groups):
             for name in g.keys.names():
@@ -139,12 +142,32 @@ class TaskGraph:
         return self.n + j if j >= 0 else -1
 
     def ids_of(self, keys: Iterable[object]) -> np.ndarray:
-        """Ids of ``keys``; raises ``UnknownKeyError`` naming every key not in the graph."""
-        ids = [self.id_of(k) for k in keys]
-        missing = [k for k, i in zip(keys, ids, strict=True) if i < 0] if -1 in ids else []
-        if missing:
-            raise UnknownKeyError(missing)
-        return np.asarray(ids, dtype=np.int64)
+        """Ids of ``keys``; raises ``UnknownKeyError`` naming every key not in the graph.
+
+        Keys that all come from one regular block are mapped with numpy."""
+        keys = list(keys)
+        ids = self._ids_one_block(keys)
+        if ids is None:
+            ids = np.asarray([self.id_of(k) for k in keys], dtype=np.int64)
+        if len(ids) and ids.min() < 0:
+            raise UnknownKeyError([k for k, i in zip(keys, ids.tolist(), strict=True) if i < 0])
+        return ids
+
+    def _ids_one_block(self, keys: list) -> np.ndarray | None:
+        first = keys[0] if keys else None
+        if type(first) is not tuple or not first or not isinstance(first[0], str):
+            return None
+        for gi in self._by_name.get(first[0], ()):
+            block = self.groups[gi].keys
+            if isinstance(block, RegularKeys) and len(block.shape) == len(first) - 1:
+                pos = block.positions(keys)
+                if pos is None:
+                    return None
+                ids = np.where(pos >= 0, pos + int(self.offsets[gi]), -1)
+                for j in np.flatnonzero(ids < 0).tolist():  # may be defined elsewhere
+                    ids[j] = self.id_of(keys[j])
+                return ids
+        return None
 
     def group_of(self, tid: int) -> tuple[int, int]:
         """(group index, position in group) of a task id."""
@@ -365,7 +388,7 @@ class TaskGraph:
         ext = external_values or {}
         for j, k in enumerate(self.external):
             if k not in ext:
-                raise MissingDependencyError({k: "(external)"})
+                raise MissingDependencyError({k: "(no value given for this external key)"})
             values[self.n + j] = ext[k]
         for gi, g in enumerate(self.groups):
             start = int(self.offsets[gi])

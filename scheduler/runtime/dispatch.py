@@ -111,25 +111,26 @@ class GraphCatalog:
         if sid not in self._graphs:
             raise WireError(f"tasks of graph {sid} arrived before its definition")
         loader, groups = self._graphs[sid]
-        group = msg.array("group").tolist()
-        pos = msg.array("pos").tolist()
+        group_arr = msg.array("group")
+        pos_arr = msg.array("pos")
         spec_at = msg.arrays.get("spec_at")
-        spec_list = spec_at.tolist() if spec_at is not None else None
-        runners = []
-        indices: list[tuple] = []
-        last_g, last = -1, None
-        for i, gi in enumerate(group):
-            if gi != last_g:
-                last_g, last = gi, groups[gi]
-            assert last is not None
-            if last.runner is not None:
-                runners.append(last.runner)
-                indices.append(last.keys.index(pos[i]) if last.needs_index and last.keys
-                               else ())
+        n = len(group_arr)
+        runners: list[Any] = [None] * n
+        indices: list[tuple] = [()] * n
+        # tasks come in runs of one group: handle each run with numpy
+        starts = np.flatnonzero(np.diff(group_arr, prepend=-1)) if n else np.zeros(0, int)
+        ends = np.append(starts[1:], n)
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            grp = groups[int(group_arr[a])]
+            if grp.runner is not None:
+                runners[a:b] = [grp.runner] * (b - a)
+                if grp.needs_index and grp.keys is not None:
+                    indices[a:b] = grp.keys.indices(pos_arr[a:b])
             else:
-                blob = msg.blobs[spec_list[i]]  # type: ignore[index]
-                runners.append(_LazySpec(loader, blob))
-                indices.append(())
+                if spec_at is None:
+                    raise WireError("tasks of an explicit group arrived without their specs")
+                runners[a:b] = [_LazySpec(loader, msg.blobs[j])
+                                for j in spec_at[a:b].tolist()]
         return ComputeTasksEvent(stimulus_id=stimulus_id, ids=msg.array("ids"),
                                  priorities=msg.array("prio"), runners=runners,
                                  indices=indices, dep_ptr=msg.array("dep_ptr"),

@@ -87,6 +87,7 @@ class SchedulerServer:
         self._server: asyncio.AbstractServer | None = None
         self._done = asyncio.Event()
         self._span_waiters: dict[int, asyncio.Future[Any]] = {}
+        self._finished_buf: list[tuple[int, np.ndarray]] = []
         self._monitor: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -208,9 +209,10 @@ class SchedulerServer:
     def _on_worker_message(self, w: _Worker, msg: Message) -> None:
         op = msg.op
         if op == "finished":
-            ids = msg.array("ids")
-            self._run(TasksFinishedEvent(stimulus_id=self._sid("done"), worker=w.wid, ids=ids),
-                      Stage.execute, len(ids), msg)
+            # reports read in one loop iteration are handled together: one state call
+            if not self._finished_buf:
+                asyncio.get_running_loop().call_soon(self._flush_finished)
+            self._finished_buf.append((w.wid, msg.array("ids")))
         elif op == "erred":
             blob = bytes(msg.blobs[0]) if msg.blobs else b""
             self._run(TaskErredEvent(stimulus_id=self._sid("err"), worker=w.wid,
@@ -292,6 +294,22 @@ class SchedulerServer:
                 self.functions[seg.sid] = wire.functions
                 comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": seg.base,
                                                  "n": seg.n})
+        self._apply(ins)
+        self._schedule_and_apply()
+
+    def _flush_finished(self) -> None:
+        buf, self._finished_buf = self._finished_buf, []
+        by_worker: dict[int, list[np.ndarray]] = {}
+        for wid, ids in buf:
+            by_worker.setdefault(wid, []).append(ids)
+        events = [TasksFinishedEvent(stimulus_id=self._sid("done"), worker=wid,
+                                     ids=parts[0] if len(parts) == 1 else np.concatenate(parts))
+                  for wid, parts in by_worker.items() if wid in self.workers]
+        if not events:
+            return
+        with self.recorder.span(Stage.execute, tasks=sum(len(e.ids) for e in events),
+                                messages=len(buf)):
+            ins = self.state.handle(*events, schedule=False)
         self._apply(ins)
         self._schedule_and_apply()
 

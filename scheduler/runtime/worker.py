@@ -50,6 +50,11 @@ from .messages import Message
 
 __all__ = ["WorkerServer", "dumps_error", "dumps_values", "main"]
 
+REPORT_INTERVAL = 0.002
+"""Seconds finished tasks may wait to be reported together (fewer, bigger messages)."""
+REPORT_BATCH = 2048
+"""Report at once when this many finished tasks are waiting."""
+
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:
     """(pickled exception, formatted traceback); an exception that cannot be pickled is
@@ -244,9 +249,11 @@ class WorkerServer:
                 fut.add_done_callback(self._batch_done)
             elif isinstance(ins, ReportFinished):
                 self._finished.extend(ins.ids)
-                if not self._flush_pending:
+                if len(self._finished) >= REPORT_BATCH:
+                    self._flush_finished()
+                elif not self._flush_pending:
                     self._flush_pending = True
-                    loop.call_soon(self._flush_finished)
+                    loop.call_later(REPORT_INTERVAL, self._flush_finished)
             elif isinstance(ins, FetchData):
                 self._spawn(self._fetch(ins.peer, ins.ids))
             elif isinstance(ins, ReportErred) and sched is not None:
@@ -295,24 +302,25 @@ class WorkerServer:
         address = self.peers.get(peer)
         values: dict[int, Any] = {}
         missing = list(ids)
-        with self.recorder.span(Stage.execute, tasks=len(ids), messages=1) as sp:
-            if address is not None:
-                try:
-                    if address == self.address:
-                        values = {i: self.state.data[i] for i in ids if i in self.state.data}
-                    else:
-                        comm = await self._peer_comm(address)
-                        lock = self._peer_locks[address + "/req"] = self._peer_locks.get(
-                            address + "/req", asyncio.Lock())
-                        async with lock:
-                            reply = await comm.request(
-                                "get-data", {}, {"ids": np.asarray(ids, dtype=np.int64)},
-                                timeout=120)
-                        sp.nbytes = sum(len(b) for b in reply.blobs)
+        if address is not None:
+            try:
+                if address == self.address:
+                    values = {i: self.state.data[i] for i in ids if i in self.state.data}
+                else:
+                    comm = await self._peer_comm(address)
+                    lock = self._peer_locks.setdefault(address + "/req", asyncio.Lock())
+                    async with lock:
+                        reply = await comm.request(
+                            "get-data", {}, {"ids": np.asarray(ids, dtype=np.int64)},
+                            timeout=120)
+                    # the span covers this process's work (decoding), not the wait
+                    nbytes = sum(len(b) for b in reply.blobs)
+                    with self.recorder.span(Stage.execute, tasks=len(ids), nbytes=nbytes,
+                                            messages=1):
                         values = pickle.loads(reply.blobs[0]) if reply.blobs else {}
-                    missing = [i for i in ids if i not in values]
-                except (CommClosedError, WireError, TimeoutError, OSError):
-                    self._peer_comms.pop(address, None)
+                missing = [i for i in ids if i not in values]
+            except (CommClosedError, WireError, TimeoutError, OSError):
+                self._peer_comms.pop(address, None)
         if not self._done.is_set():
             self._handle(DataFetchedEvent(stimulus_id="fetched", peer=peer, values=values,
                                           missing=missing))

@@ -1,13 +1,19 @@
 """Task priorities for one graph, computed with numpy.
 
-Rule: a lower number runs first. The order is depth-first toward the outputs: every task is
-anchored to the first terminal task (a task nothing in the graph depends on) it leads to,
-and tasks sharing an anchor run deepest first. For independent pipelines (elementwise,
-chains) this runs ``x0, y0, x1, y1, ...``, so intermediate results are freed as soon as they
-are consumed instead of piling up; for trees it runs leaves before the levels above them.
+Rule: a lower number runs first, and the order is a depth-first post-order toward the
+outputs: each task's *parent* is its first dependent (lowest id), which makes the graph a
+forest; the forest is numbered in post-order (children before their parent, one subtree after
+the other, subtrees in id order). For pipelines this runs ``x0, y0, x1, y1, ...``; for a tree
+reduction it runs 8 leaves, their combine, 8 more leaves, ... so each intermediate result is
+consumed soon after it is made and memory stays low, while the workers always have whole
+subtrees to run.
 
-Cost: one ``np.minimum.at`` and one ``np.maximum.at`` per group (groups in reverse order), plus
-a Python walk over the internal edges of explicit groups only.
+A shared dependency sits in its first dependent's subtree, so its number may exceed another
+dependent's: priorities order tasks that are ready, they are not an execution order.
+
+Cost: O(groups) numpy operations (subtree sizes in one forward pass, positions in one reverse
+pass, with segmented sums for siblings); a Python walk only over explicit groups whose tasks
+depend on each other.
 """
 
 from __future__ import annotations
@@ -19,45 +25,64 @@ from ..graph.lowgraph import TaskGraph
 __all__ = ["graph_priorities"]
 
 
-def graph_priorities(graph: TaskGraph, dependents_count: np.ndarray) -> np.ndarray:
-    """An int64 rank per task (0 runs first); ``dependents_count`` counts in-graph dependents."""
+def graph_priorities(graph: TaskGraph, dependents_count: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """A permutation of ``0..n-1``: the post-order position of each task (0 runs first)."""
     n = graph.n
-    big = np.iinfo(np.int64).max
-    ids = np.arange(n, dtype=np.int64)
-    anchor = np.where(dependents_count == 0, ids, big)
-    depth = np.zeros(n, dtype=np.int64)
-    for gi in range(len(graph.groups) - 1, -1, -1):
-        g = graph.groups[gi]
-        if not len(g.indices):
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    indptr, indices = graph.dependencies()
+    owners = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    internal = indices < n
+    parent = np.full(n, n, dtype=np.int64)          # n: no parent (a root)
+    np.minimum.at(parent, indices[internal], owners[internal])
+    size = np.ones(n, dtype=np.int64)
+    groups = graph.groups
+    offs = graph.offsets
+    tangled = [gi for gi, g in enumerate(groups) if not g.regular
+               and ((g.indices >= offs[gi]) & (g.indices < offs[gi + 1])).any()]
+    # subtree sizes: children before parents (groups in order; tangled groups in topo order)
+    for gi in range(len(groups)):
+        a, b = int(offs[gi]), int(offs[gi + 1])
+        if gi in tangled:
+            for i in graph.explicit_order(gi):
+                t = a + i
+                if parent[t] < n:
+                    size[parent[t]] += size[t]
             continue
-        start = int(graph.offsets[gi])
-        counts = np.diff(g.indptr)
-        owners = np.repeat(np.arange(start, start + len(g), dtype=np.int64), counts)
-        internal = g.indices < n
-        if not g.regular and ((g.indices >= start) & (g.indices < start + len(g))).any():
-            _explicit_group(graph, gi, anchor, depth)
+        kids = np.arange(a, b)
+        kids = kids[parent[a:b] < n]
+        if len(kids):
+            np.add.at(size, parent[kids], size[kids])
+    # positions: roots one after another in id order, children from their parent's start
+    start = np.zeros(n, dtype=np.int64)
+    roots = np.flatnonzero(parent == n)
+    start[roots] = np.cumsum(size[roots]) - size[roots]
+    next_free = start.copy()
+    for gi in range(len(groups) - 1, -1, -1):
+        a, b = int(offs[gi]), int(offs[gi + 1])
+        if gi in tangled:
+            for i in reversed(graph.explicit_order(gi)):
+                t = a + i
+                p = parent[t]
+                if p < n:
+                    start[t] = next_free[p]
+                    next_free[p] += size[t]
+                    next_free[t] = start[t]
             continue
-        deps, own = g.indices[internal], owners[internal]
-        np.minimum.at(anchor, deps, anchor[own])
-        np.maximum.at(depth, deps, depth[own] + 1)
-    order = np.lexsort((ids, -depth, anchor))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = ids
-    return rank
-
-
-def _explicit_group(graph: TaskGraph, gi: int, anchor: np.ndarray, depth: np.ndarray) -> None:
-    g = graph.groups[gi]
-    start, n = int(graph.offsets[gi]), graph.n
-    order = graph.explicit_order(gi)
-    ptr = g.indptr.tolist()
-    ind = g.indices.tolist()
-    for i in reversed(order):  # dependents before their dependencies
-        t = start + i
-        a, d = int(anchor[t]), int(depth[t]) + 1
-        for dep in ind[ptr[i]:ptr[i + 1]]:
-            if dep < n:
-                if a < anchor[dep]:
-                    anchor[dep] = a
-                if d > depth[dep]:
-                    depth[dep] = d
+        ids = np.arange(a, b)
+        kids = ids[parent[a:b] < n]
+        if not len(kids):
+            continue
+        p = parent[kids]
+        order = np.argsort(p, kind="stable")
+        kids, p = kids[order], p[order]
+        s = size[kids]
+        excl = np.cumsum(s) - s
+        first = np.ones(len(kids), dtype=bool)
+        first[1:] = p[1:] != p[:-1]
+        base = np.maximum.accumulate(np.where(first, excl, 0))
+        start[kids] = next_free[p] + (excl - base)
+        np.add.at(next_free, p, s)
+        next_free[kids] = start[kids]
+    return start + size - 1

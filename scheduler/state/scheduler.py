@@ -60,7 +60,7 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    inflight_per_thread: int = 512
+    inflight_per_thread: int = 4096
     """Root-like tasks handed to a worker beyond its running ones, per thread."""
     shared_dependents: int = 32
     """A dependency with more dependents than this does not attract them (broadcast data)."""
