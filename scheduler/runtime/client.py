@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -76,6 +76,7 @@ class _Pending:
     held: dict[int, int] = field(default_factory=dict)   # global id -> worker
     base: int = -1
     error: BaseException | None = None
+    progress: Callable[[int, int], None] | None = None
 
 
 class Future:
@@ -196,6 +197,8 @@ class Client:
         elif op == "in-memory" and p is not None:
             p.held.update(zip(msg.array("ids").tolist(), msg.array("workers").tolist(),
                               strict=True))
+            if p.progress is not None:
+                p.progress(len(p.held), len(p.out_ids))
             if msg["done"] and not p.finished.done():
                 p.finished.set_result(None)
         elif op == "erred" and p is not None:
@@ -232,14 +235,16 @@ class Client:
 
     def run(self, graph: TaskGraph | LayerGraph, outputs: Sequence[Key], *,
             encoding: str | None = None, timeout: float | None = None,
-            release: bool = True) -> RunResult:
-        """Like ``compute``, with timings; ``timeout=None`` waits as long as it takes."""
+            release: bool = True,
+            progress: Callable[[int, int], None] | None = None) -> RunResult:
+        """Like ``compute``, with timings; ``timeout=None`` waits as long as it takes.
+        ``progress(done, total)`` is called (on the client's loop thread) as outputs land."""
         if isinstance(graph, LayerGraph):
             with self.recorder.span(Stage.generate) as sp:
                 graph = graph.lower()
                 sp.tasks = graph.n
         return self._sync(self._run(graph, list(outputs), encoding or self.encoding,
-                                    release), timeout)
+                                    release, progress), timeout)
 
     async def _submit(self, graph: TaskGraph, outputs: list[Key], encoding: str
                       ) -> tuple[str, _Pending, int]:
@@ -261,9 +266,11 @@ class Client:
         return graph_id, p, sp.nbytes if self.recorder.enabled else sum(len(f) for f in frames)
 
     async def _run(self, graph: TaskGraph, outputs: list[Key], encoding: str,
-                   release: bool) -> RunResult:
+                   release: bool, progress: Callable[[int, int], None] | None = None
+                   ) -> RunResult:
         t_submit = now_ns()
         graph_id, p, nbytes = await self._submit(graph, outputs, encoding)
+        p.progress = progress
         try:
             await p.accepted
             await p.finished

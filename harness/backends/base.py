@@ -1,0 +1,81 @@
+"""The backend interface: what the runner asks of every system it measures.
+
+Rules: a backend measures one repeat at a time with ``run_once`` and returns a
+``Measurement``: the spans it recorded (times in ns on the runner's clock), the times of
+``compute()`` and of the last result, and how many tasks ran. It declares the stages it has
+(``applicable``); the runner reports the others as not applicable, never as zero. Where a
+backend cannot tell two stages apart it records the time under the first one and says so in
+``merged`` (``{"schedule+dispatch": why}``); it never invents a split.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.workloads import Workload
+from scheduler.stages import SpanRow, Stage
+
+__all__ = ["Backend", "BackendError", "Measurement", "RunOptions"]
+
+
+class BackendError(RuntimeError):
+    """A backend could not run (missing package, cluster failed to start, ...)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that shapes one configuration's runs (recorded in meta.json)."""
+
+    workers: int = 2
+    threads: int = 1
+    encoding: str = "compact"
+    fuse: bool = False
+    record: bool = True
+    scheduler_address: str | None = None
+    timeout: float | None = None
+
+
+@dataclass
+class Measurement:
+    spans: list[SpanRow]
+    t0_ns: int
+    t_end_ns: int
+    tasks_run: int | None
+    nbytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: str = ""
+    applicable: frozenset[Stage] = frozenset(Stage)
+    merged: dict[str, str] = {}  # noqa: RUF012 - read-only class default
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start what the runs share (a cluster); called once before the first repeat."""
+
+    @abstractmethod
+    def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
+        """Build, optimise, submit and compute ``workload`` once; return what was measured."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``start`` acquired."""
+
+    def pids(self) -> dict[str, int]:
+        """Process ids by role (``scheduler``, ``worker-0``, ...) for profiling."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __enter__(self) -> Backend:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,123 @@
+"""The reference system as a backend: ``reference`` (TCP LocalCluster, or an existing
+scheduler) and ``reference-inproc`` (both state machines in this process).
+
+What is timed, per repeat: ``generate`` = building the workload's layers and lowering them
+(or, with ``encoding="layers"``, only building them); ``optimize`` = culling to the outputs
+(and fusion with ``fuse``); the rest is recorded by the reference system itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.backends.base import Backend, BackendError, Measurement, RunOptions
+from harness.workloads import Workload
+from scheduler.graph.lowgraph import TaskGraph
+from scheduler.stages import SpanRecorder, Stage
+
+__all__ = ["InprocBackend", "ReferenceBackend", "prepare_graph"]
+
+
+def prepare_graph(workload: Workload, recorder: SpanRecorder, fuse: bool) -> TaskGraph:
+    """Stages 1-2 on the client: lower the workload's layers, cull (and fuse)."""
+    from scheduler.graph.optimize import cull, fuse_linear
+
+    layers = workload.layers
+    if layers is not None and fuse:
+        with recorder.span(Stage.optimize, tasks=layers.n_tasks):
+            layers = layers.fuse_blockwise(keep=[workload.output_layer])
+    with recorder.span(Stage.generate) as sp:
+        graph = layers.lower() if layers is not None else workload.lower()
+        sp.tasks = graph.n
+    with recorder.span(Stage.optimize, tasks=graph.n):
+        graph = cull(graph, workload.outputs)
+        if fuse:
+            graph = fuse_linear(graph, keep=workload.outputs)
+    return graph
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        self.cluster: Any = None
+        self.client: Any = None
+
+    def start(self) -> None:
+        from scheduler import Client, LocalCluster
+
+        opts = self.options
+        try:
+            if opts.scheduler_address:
+                address = opts.scheduler_address
+            else:
+                self.cluster = LocalCluster(n_workers=opts.workers, nthreads=opts.threads,
+                                            record=opts.record)
+                address = self.cluster.address
+            self.client = Client(address, record=opts.record, encoding=opts.encoding)
+            if opts.scheduler_address:
+                self.client.wait_for_workers(1)
+        except (OSError, TimeoutError, RuntimeError) as e:
+            self.close()
+            raise BackendError(f"could not start the reference cluster: {e}") from e
+
+    def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
+        from scheduler.runtime.clocks import now_ns
+
+        client = self.client
+        client.spans(drain=True)  # start from an empty record everywhere
+        t0 = now_ns()
+        graph = prepare_graph(workload, client.recorder, self.options.fuse)
+        result = client.run(graph, workload.outputs, timeout=self.options.timeout,
+                            progress=progress)
+        t_end = now_ns()
+        if len(result.results) != len(workload.outputs):
+            raise BackendError(f"{len(result.results)} results for "
+                               f"{len(workload.outputs)} outputs")
+        return Measurement(client.spans(drain=True), t0, t_end, graph.n, result.nbytes)
+
+    def pids(self) -> dict[str, int]:
+        import os
+
+        out = {"client": os.getpid()}
+        if self.cluster is not None:
+            out.update(self.cluster.pids)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.client.address if self.client else None}
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+
+class InprocBackend(Backend):
+    name = "reference-inproc"
+    applicable = frozenset(Stage) - {Stage.communicate}
+
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        self.cluster: Any = None
+
+    def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
+        from scheduler.runtime.clocks import now_ns
+        from scheduler.runtime.inproc import InProcessCluster
+
+        opts = self.options
+        cluster = InProcessCluster(opts.workers, opts.threads, record=opts.record)
+        t0 = now_ns()
+        graph = prepare_graph(workload, cluster.client_rec, opts.fuse)
+        result = cluster.run(graph, workload.outputs, encoding=opts.encoding)
+        t_end = now_ns()
+        return Measurement(cluster.spans(), t0, t_end, graph.n, result.nbytes)
+
+    def pids(self) -> dict[str, int]:
+        import os
+
+        return {"client": os.getpid(), "scheduler": os.getpid()}

@@ -1,0 +1,312 @@
+"""Report tables: pure functions from validated run tables (see ``schema``) to summary tables.
+
+Rules of this module:
+
+- Every function takes DataFrames and returns a new DataFrame; nothing is read, written,
+  printed or mutated in place. Markdown and HTML are renderings of these tables (``markup``).
+- Busy seconds of a stage in one run are the sum over roles. If a run has a row with role
+  ``all`` for a stage, that row is the total and the per-role rows of that stage are ignored.
+- Not applicable stays distinct from zero: a stage no role of a backend has is
+  ``applicable=False`` with NaN numbers in every table; a measured 0.0 stays 0.0.
+- Spread over repeats is min..max (repeats are few, usually 3-10; quantiles of 5 numbers say
+  little more). Medians summarise.
+- The run-level measures ``time_to_first_task`` and ``wall`` (from ``runs.csv``) appear after
+  the eight stages wherever a table mixes them (``measures``), so that scaling and comparisons
+  cover end-to-end time too, even for runs recorded with stage recording off.
+- Ratios are other / reference (> 1 means slower than the reference). A ratio whose
+  denominator is 0 or NaN is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from harness.report.schema import RUN_KEY, STAGE_NAMES
+from harness.report.stats import fit_exponent
+
+__all__ = [
+    "MEASURE_NAMES",
+    "ORDER",
+    "backend_comparison",
+    "choose_reference",
+    "growth_exponents",
+    "measures",
+    "profile_stage_shares",
+    "profile_top",
+    "run_summary",
+    "scaling_points",
+    "scaling_table",
+    "sort_rows",
+    "stage_summary",
+    "stage_totals",
+]
+
+MEASURE_NAMES: tuple[str, ...] = ("time_to_first_task", "wall")
+"""Run-level measures shown next to the stages (from ``runs.csv``)."""
+
+ORDER: tuple[str, ...] = STAGE_NAMES + MEASURE_NAMES
+"""Row order of the ``stage`` column in every table."""
+
+_CONFIG = ["backend", "workload", "n_tasks"]
+
+
+def _order_key(col: pd.Series) -> pd.Series:
+    if col.name == "stage":
+        rank = {name: i for i, name in enumerate(ORDER)}
+        return col.map(rank).fillna(len(ORDER))
+    return col
+
+
+def sort_rows(df: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
+    """``df`` sorted stably by ``by`` (``stage`` in pipeline order), with a fresh index."""
+    by = [c for c in by if c in df.columns]
+    if df.empty or not by:
+        return df.reset_index(drop=True)
+    return df.sort_values(by, key=_order_key, kind="mergesort").reset_index(drop=True)
+
+
+def stage_totals(stages: pd.DataFrame) -> pd.DataFrame:
+    """Roles summed: one row per (backend, workload, n_tasks, repeat, stage).
+
+    Columns: the key, ``seconds``, ``us_per_task``, ``nbytes``, ``messages`` (sums over
+    applicable roles; NaN/NA when no role has the stage), ``applicable`` (any role has it),
+    ``roles`` (rows that went into the sum).
+    """
+    key = [*RUN_KEY, "stage"]
+    cols = [*key, "seconds", "us_per_task", "nbytes", "messages", "applicable", "roles"]
+    if stages.empty:
+        return pd.DataFrame({c: pd.Series(dtype=stages[c].dtype if c in stages else "int64")
+                             for c in cols})
+    is_all = stages["role"].eq("all")
+    group_has_all = is_all.groupby([stages[k] for k in key], sort=False).transform("any")
+    kept = stages[is_all | ~group_has_all]
+    out = kept.groupby(key, sort=False).agg(
+        seconds=("seconds", lambda s: s.sum(min_count=1)),
+        us_per_task=("us_per_task", lambda s: s.sum(min_count=1)),
+        nbytes=("nbytes", lambda s: s.sum(min_count=1)),
+        messages=("messages", lambda s: s.sum(min_count=1)),
+        applicable=("applicable", "any"),
+        roles=("role", "size"),
+    ).reset_index()
+    for name in ("nbytes", "messages"):
+        out[name] = out[name].astype("Int64")
+    return sort_rows(out[cols], key)
+
+
+def measures(stages: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Seconds per (run, measure): the eight stages (roles summed) then, if ``runs`` is given,
+    ``time_to_first_task`` and ``wall``. Columns: RUN_KEY, ``stage``, ``seconds``,
+    ``applicable``. An unknown time to first task is ``applicable=False``.
+    """
+    totals = stage_totals(stages)[[*RUN_KEY, "stage", "seconds", "applicable"]]
+    parts = [totals]
+    if runs is not None and not runs.empty:
+        for name, col in (("time_to_first_task", "time_to_first_task_s"), ("wall", "wall_s")):
+            part = runs[list(RUN_KEY)].copy()
+            part["stage"] = name
+            part["seconds"] = runs[col].astype(float)
+            part["applicable"] = runs[col].notna()
+            parts.append(part)
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return totals
+    out = pd.concat(parts, ignore_index=True)
+    out["applicable"] = out["applicable"].astype(bool)
+    return sort_rows(out, [*_CONFIG, "stage", "repeat"])
+
+
+def stage_summary(stages: pd.DataFrame) -> pd.DataFrame:
+    """Per (backend, workload, n_tasks, stage): median and min..max over repeats.
+
+    Columns: the key, ``applicable``, ``repeats``, ``seconds_median``, ``seconds_min``,
+    ``seconds_max``, ``us_per_task_median``, ``us_per_task_min``, ``us_per_task_max``,
+    ``nbytes_median``, ``messages_median``. Not-applicable stages have NaN numbers.
+    """
+    totals = stage_totals(stages)
+    key = [*_CONFIG, "stage"]
+    if totals.empty:
+        cols = [*key, "applicable", "repeats"] + [
+            f"{v}_{s}" for v in ("seconds", "us_per_task") for s in ("median", "min", "max")
+        ] + ["nbytes_median", "messages_median"]
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    for name in ("nbytes", "messages"):
+        totals[name] = totals[name].astype("float64")
+    out = totals.groupby(key, sort=False).agg(
+        applicable=("applicable", "any"),
+        repeats=("repeat", "nunique"),
+        seconds_median=("seconds", "median"),
+        seconds_min=("seconds", "min"),
+        seconds_max=("seconds", "max"),
+        us_per_task_median=("us_per_task", "median"),
+        us_per_task_min=("us_per_task", "min"),
+        us_per_task_max=("us_per_task", "max"),
+        nbytes_median=("nbytes", "median"),
+        messages_median=("messages", "median"),
+    ).reset_index()
+    return sort_rows(out, key)
+
+
+def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (backend, workload, n_tasks): wall time and time to first task over repeats.
+
+    Columns: the key, ``repeats``, ``wall_s_median``, ``wall_s_min``, ``wall_s_max``,
+    ``time_to_first_task_s_median`` (``_min``, ``_max``), ``tasks_run_median``,
+    ``wall_us_per_task`` (median wall time per task).
+    """
+    cols = [*_CONFIG, "repeats"] + [f"{v}_{s}" for v in ("wall_s", "time_to_first_task_s")
+                                    for s in ("median", "min", "max")]
+    cols += ["tasks_run_median", "wall_us_per_task"]
+    if runs.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    df = runs.assign(tasks_run=runs["tasks_run"].astype("float64"))
+    out = df.groupby(_CONFIG, sort=False).agg(
+        repeats=("repeat", "nunique"),
+        wall_s_median=("wall_s", "median"),
+        wall_s_min=("wall_s", "min"),
+        wall_s_max=("wall_s", "max"),
+        time_to_first_task_s_median=("time_to_first_task_s", "median"),
+        time_to_first_task_s_min=("time_to_first_task_s", "min"),
+        time_to_first_task_s_max=("time_to_first_task_s", "max"),
+        tasks_run_median=("tasks_run", "median"),
+    ).reset_index()
+    out["wall_us_per_task"] = out["wall_s_median"] / out["n_tasks"] * 1e6
+    return sort_rows(out[cols], _CONFIG)
+
+
+def choose_reference(backends: Iterable[str], preferred: str | None = None) -> str:
+    """The backend others are compared with: ``preferred`` if given (it must be present), else
+    ``reference`` if present, else the first name in sorted order."""
+    names = sorted(set(backends))
+    if not names:
+        raise ValueError("no backends to compare: the runs have no rows")
+    if preferred is not None:
+        if preferred not in names:
+            raise ValueError(f"reference backend {preferred!r} is not in these runs "
+                             f"(they have {', '.join(names)}); pick one of those")
+        return preferred
+    return "reference" if "reference" in names else names[0]
+
+
+def _safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    num = num.astype(float)
+    den = den.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = num / den.where(den > 0)
+    return r.where(np.isfinite(r))
+
+
+def backend_comparison(meas: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each other backend against ``reference``, per (workload, n_tasks, stage).
+
+    ``meas`` is a ``measures`` table. ``ratio`` is median(other) / median(reference) over all
+    repeats of each; ``ratio_min``..``ratio_max`` span the per-repeat ratios, pairing repeat i
+    of one backend with repeat i of the other (the runner interleaves backends, so a pair shares
+    the machine's conditions); ``pairs`` counts them. Columns: ``workload``, ``n_tasks``,
+    ``stage``, ``reference``, ``backend``, ``ref_median_s``, ``median_s``, ``ratio``,
+    ``ratio_min``, ``ratio_max``, ``pairs``, ``ref_applicable``, ``applicable``. Rows exist
+    where both backends have the (workload, n_tasks, stage).
+    """
+    cols = ["workload", "n_tasks", "stage", "reference", "backend", "ref_median_s",
+            "median_s", "ratio", "ratio_min", "ratio_max", "pairs", "ref_applicable",
+            "applicable"]
+    cfg = ["workload", "n_tasks", "stage"]
+    med = meas.groupby(["backend", *cfg], sort=False).agg(
+        median_s=("seconds", "median"), applicable=("applicable", "any")).reset_index()
+    ref = med[med["backend"] == reference].drop(columns="backend").rename(
+        columns={"median_s": "ref_median_s", "applicable": "ref_applicable"})
+    other = med[med["backend"] != reference]
+    out = other.merge(ref, on=cfg, how="inner")
+    if out.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    rep_ref = meas.loc[meas["backend"] == reference, [*cfg, "repeat", "seconds"]]
+    pairs = meas[meas["backend"] != reference].merge(rep_ref, on=[*cfg, "repeat"],
+                                                     suffixes=("", "_ref"))
+    pairs["pair_ratio"] = _safe_ratio(pairs["seconds"], pairs["seconds_ref"])
+    spread = pairs.groupby(["backend", *cfg], sort=False).agg(
+        ratio_min=("pair_ratio", "min"), ratio_max=("pair_ratio", "max"),
+        pairs=("pair_ratio", "count")).reset_index()
+    out = out.merge(spread, on=["backend", *cfg], how="left")
+    out["pairs"] = out["pairs"].fillna(0).astype("int64")
+    out["reference"] = reference
+    out["ratio"] = _safe_ratio(out["median_s"], out["ref_median_s"])
+    return sort_rows(out[cols], ["workload", "n_tasks", "stage", "backend"])
+
+
+def scaling_points(meas: pd.DataFrame) -> pd.DataFrame:
+    """Median seconds per (backend, workload, stage, n_tasks), from a ``measures`` table.
+
+    Columns: ``backend``, ``workload``, ``stage``, ``n_tasks``, ``seconds_median``,
+    ``applicable``, ``repeats``.
+    """
+    key = ["backend", "workload", "stage", "n_tasks"]
+    out = meas.groupby(key, sort=False).agg(
+        seconds_median=("seconds", "median"), applicable=("applicable", "any"),
+        repeats=("repeat", "nunique")).reset_index()
+    return sort_rows(out, key)
+
+
+def growth_exponents(points: pd.DataFrame) -> pd.DataFrame:
+    """Fitted growth exponent per (backend, workload, stage) from ``scaling_points``.
+
+    ``exponent`` is the least-squares slope of log(median seconds) against log(n_tasks) over the
+    sizes with a positive median (``sizes`` counts them); NaN with fewer than two such sizes.
+    Columns: ``backend``, ``workload``, ``stage``, ``sizes``, ``n_min``, ``n_max``,
+    ``exponent``.
+    """
+    rows = []
+    for (backend, workload, stage), g in points.groupby(["backend", "workload", "stage"],
+                                                        sort=False):
+        ok = g[g["seconds_median"].gt(0)]
+        rows.append({
+            "backend": backend, "workload": workload, "stage": stage,
+            "sizes": int(ok["n_tasks"].nunique()),
+            "n_min": int(ok["n_tasks"].min()) if len(ok) else pd.NA,
+            "n_max": int(ok["n_tasks"].max()) if len(ok) else pd.NA,
+            "exponent": fit_exponent(g["n_tasks"].tolist(), g["seconds_median"].tolist()),
+        })
+    cols = ["backend", "workload", "stage", "sizes", "n_min", "n_max", "exponent"]
+    out = pd.DataFrame(rows, columns=cols)
+    for name in ("n_min", "n_max"):
+        out[name] = out[name].astype("Int64")
+    return sort_rows(out, ["backend", "workload", "stage"])
+
+
+def scaling_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Wide scaling table: one row per (backend, workload, stage), one column of median
+    seconds per size (named ``n=<n_tasks>``, sizes ascending), then ``exponent``."""
+    key = ["backend", "workload", "stage"]
+    if points.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in [*key, "exponent"]})
+    wide = points.pivot_table(index=key, columns="n_tasks", values="seconds_median",
+                              aggfunc="first", dropna=False, sort=True)
+    sizes = sorted(wide.columns)
+    wide = wide[sizes]
+    wide.columns = [f"n={int(n)}" for n in sizes]
+    wide = wide.reset_index()
+    wide.columns.name = None
+    exps = growth_exponents(points)[[*key, "exponent"]]
+    out = wide.merge(exps, on=key, how="left")
+    return sort_rows(out, key)
+
+
+def profile_stage_shares(profile_stages: pd.DataFrame) -> pd.DataFrame:
+    """Self samples and share of all samples per stage (``unattributed`` last)."""
+    out = profile_stages.groupby("stage", sort=False).agg(
+        self_samples=("self_samples", "sum"), share=("share", "sum"),
+        functions=("function", "nunique")).reset_index()
+    return sort_rows(out, ["stage"])
+
+
+def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFrame:
+    """The ``per_stage`` functions with most self samples in each stage (ties by name)."""
+    if per_stage < 1:
+        raise ValueError(f"per_stage must be >= 1, got {per_stage}")
+    df = profile_stages.sort_values(["self_samples", "function"], ascending=[False, True],
+                                    kind="mergesort")
+    df = df.groupby("stage", sort=False).head(per_stage)
+    df = sort_rows(df, ["stage"])
+    return df[["stage", "function", "self_samples", "share"]]
+

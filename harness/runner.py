@@ -1,0 +1,236 @@
+"""Runs a grid of workload x size x backend, records the run folder, renders its report.
+
+Rules (in the manner of pyperf):
+
+- The parent process never measures. Each configuration (a *cell*) runs in a fresh child
+  process (``python -m harness.child``) whose parameters are all on its command line and which
+  writes its result as JSON; so no state leaks from one configuration into the next.
+- Inside a cell, ``warmups`` runs come first and are dropped (their count is recorded), then
+  ``repeats`` measured runs, each a fresh graph built, submitted and computed.
+- Progress goes to stderr: one line per run, and outputs done / total while a run computes.
+- Results are data: ``write_tables`` records them, ``render_report`` renders from disk only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from harness.backends import BACKENDS, make_backend
+from harness.backends.base import RunOptions
+from harness.measure import run_row, span_rows, stage_rows
+from harness.workloads import build
+
+__all__ = ["Cell", "default_run_dir", "environment", "run_cell", "run_grid"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    workload: str
+    n_tasks: int
+    backend: str
+    options: RunOptions = field(default_factory=RunOptions)
+    repeats: int = 3
+    warmups: int = 1
+
+    def label(self) -> str:
+        return f"{self.workload} n={self.n_tasks:,} {self.backend}"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "options": asdict(self.options)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        d = json.loads(text)
+        return cls(**{**d, "options": RunOptions(**d["options"])})
+
+
+class _Progress:
+    """Prints ``outputs done / total`` at most once a second."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.stream = stream
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= 1.0 or done == total:
+            self.last = now
+            print(f"  {self.label}: {done:,}/{total:,} outputs in memory", file=self.stream,
+                  flush=True)
+
+
+def run_cell(cell: Cell, stream: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run one cell in this process; return its rows (stages, spans, runs) and notes."""
+    backend = make_backend(cell.backend, cell.options)
+    out: dict[str, Any] = {"stages": [], "spans": [], "runs": [], "notes": [],
+                           "merged": dict(backend.merged), "backend": {}}
+    with backend:
+        out["backend"] = backend.describe()
+        total = cell.warmups + cell.repeats
+        for i in range(total):
+            warm = i < cell.warmups
+            what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{cell.repeats}"
+            workload = build(cell.workload, cell.n_tasks)
+            print(f"[{cell.label()}] {what}: {workload.n_tasks:,} tasks, submitting ...",
+                  file=stream, flush=True)
+            m = backend.run_once(workload, progress=_Progress(f"[{cell.label()}] {what}",
+                                                              stream))
+            wall = (m.t_end_ns - m.t0_ns) / 1e9
+            print(f"[{cell.label()}] {what}: done in {wall:.2f} s", file=stream, flush=True)
+            if warm:
+                continue
+            key = {"backend": cell.backend, "workload": cell.workload,
+                   "n_tasks": workload.n_tasks, "repeat": i - cell.warmups}
+            out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
+            out["spans"] += span_rows(m, key)
+            out["runs"].append(run_row(m, key))
+            out["notes"] += m.notes
+            out.setdefault("params", {})[cell.workload] = workload.params
+    return out
+
+
+def _run_cell_child(cell: Cell, timeout: float | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="stagecost-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "harness.child", cell.to_json(), str(result)]
+        proc = subprocess.Popen(cmd)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            raise TimeoutError(f"{cell.label()} did not finish within {timeout} s") from None
+        if code != 0 or not result.exists():
+            raise RuntimeError(f"{cell.label()} failed (exit code {code}); its error is "
+                               f"printed above")
+        return json.loads(result.read_text())
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts for meta.json."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("stagecost", "numpy", "pandas", "msgpack", "cloudpickle", "dask",
+                "distributed", "matplotlib", "py-spy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem = int(psutil.virtual_memory().total)
+    except Exception:
+        mem = None
+    machine = {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_bytes": mem,
+               "platform": platform.platform(), "hostname": platform.node()}
+    return {"versions": versions, "machine": machine, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def default_run_dir(root: Path, workloads: list[str], sizes: list[int],
+                    backends: list[str]) -> Path:
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = "-".join(["+".join(workloads), "+".join(str(n) for n in sizes),
+                     "+".join(backends)])
+    if len(name) > 120:
+        name = name[:120]
+    path = root / f"{stamp}-{name}"
+    i = 1
+    while path.exists():
+        i += 1
+        path = root / f"{stamp}-{name}-{i}"
+    return path
+
+
+def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
+             options: RunOptions, *, repeats: int = 3, warmups: int = 1,
+             run_dir: Path, in_process: bool = False, timeout: float | None = None,
+             parameters: dict[str, Any] | None = None, render: bool = True
+             ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """Run every cell, write the run folder, render its report; return (folder, stages,
+    runs). Cells run in child processes unless ``in_process``."""
+    from harness.report.schema import SCHEMA_VERSION, write_tables
+
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    if repeats < 1 or warmups < 0:
+        raise ValueError("repeats must be >= 1 and warmups >= 0")
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    stages: list[dict[str, Any]] = []
+    spans: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    merged: dict[str, str] = {}
+    described: dict[str, Any] = {}
+    workload_params: dict[str, Any] = {}
+    for w in workloads:
+        for n in sizes:
+            for b in backends:
+                cell = Cell(w, n, b, options, repeats, warmups)
+                res = run_cell(cell) if in_process else _run_cell_child(cell, timeout)
+                stages += res["stages"]
+                spans += res["spans"]
+                runs += res["runs"]
+                notes += [f"{b}: {t}" for t in res["notes"] if f"{b}: {t}" not in notes]
+                merged.update(res["merged"])
+                described[b] = res["backend"]
+                for wname, p in res.get("params", {}).items():
+                    workload_params.setdefault(wname, {})[str(n)] = p
+    env = environment()
+    meta = {"schema_version": SCHEMA_VERSION, "created_utc": created,
+            "parameters": {**(parameters or {}), "workloads": workloads, "sizes": sizes,
+                           "backends": backends, "repeats": repeats,
+                           "options": asdict(options), "workload_shapes": workload_params,
+                           "backend_details": described},
+            "versions": env["versions"], "machine": env["machine"],
+            "git_commit": env["git_commit"], "warmups": warmups, "notes": notes,
+            "merged_stages": merged, "reference_backend": backends[0]}
+    stages_df, spans_df, runs_df = (pd.DataFrame(stages), pd.DataFrame(spans),
+                                    pd.DataFrame(runs))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_tables(run_dir, stages_df, spans_df, runs_df, meta)
+    if render:
+        from harness.report.render import render_report
+
+        render_report([run_dir], run_dir)
+    return run_dir, stages_df, runs_df

@@ -1,0 +1,159 @@
+"""Tests of ``harness.report.compare``: marks, significance, exit code, renderings."""
+
+from __future__ import annotations
+
+import html.parser
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.report.compare import (
+    COMPARE_COLUMNS,
+    compare_frames,
+    compare_html,
+    compare_markdown,
+    compare_runs,
+    compare_text,
+    exit_code,
+    render_compare,
+)
+from harness.report.schema import STAGE_NAMES, write_tables
+from harness.report.stats import mann_whitney_p, min_two_sided_p
+from harness.report.synthetic import SyntheticSpec, synthetic_meta, synthetic_tables
+
+BASE = SyntheticSpec(backends=("reference",), sizes=(1_000, 10_000), repeats=5, seed=1)
+
+
+def make_run(path: Path, spec: SyntheticSpec) -> Path:
+    stages, spans, runs = synthetic_tables(spec)
+    write_tables(path, stages, spans, runs, synthetic_meta(spec))
+    return path
+
+
+def with_scale(spec: SyntheticSpec, scale: float, seed: int) -> SyntheticSpec:
+    return SyntheticSpec(backends=spec.backends, sizes=spec.sizes, repeats=spec.repeats,
+                         scale={b: scale for b in spec.backends},
+                         not_applicable=spec.not_applicable, seed=seed)
+
+
+def measures_of(values: dict[str, list[float]]) -> pd.DataFrame:
+    """A ``measures`` table for one configuration: stage -> seconds of each repeat."""
+    rows = [{"backend": "reference", "workload": "w", "n_tasks": 100, "repeat": i,
+             "stage": stage, "seconds": v, "applicable": not math.isnan(v)}
+            for stage, vs in values.items() for i, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_a_2x_slowdown_is_a_regression(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", BASE)
+    b = make_run(tmp_path / "b", with_scale(BASE, 2.0, seed=2))
+    table = compare_runs(a, b)
+    assert list(table.columns) == list(COMPARE_COLUMNS)
+    assert len(table) == 2 * (len(STAGE_NAMES) + 2)  # two sizes x (stages + ttft + wall)
+    assert (table["mark"] == "+").all()
+    assert table["ratio"].between(1.9, 2.1).all()
+    assert (table["test"] == "rank").all()  # 5 vs 5 repeats: the rank test can decide
+    assert exit_code(table) == 2
+
+
+def test_identical_runs_are_not_significant(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", BASE)
+    b = make_run(tmp_path / "b", BASE)
+    table = compare_runs(a, b)
+    assert (table["mark"] == "~").all()
+    assert (table["ratio"] == 1.0).all()
+    assert exit_code(table) == 0
+    # Same configuration, different noise: still nothing beyond the factor.
+    c = make_run(tmp_path / "c", with_scale(BASE, 1.0, seed=9))
+    noisy = compare_runs(a, c)
+    assert (noisy["mark"] == "~").all() and exit_code(noisy) == 0
+
+
+def test_a_2x_speedup_is_an_improvement(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", BASE)
+    b = make_run(tmp_path / "b", with_scale(BASE, 0.5, seed=3))
+    table = compare_runs(a, b)
+    assert (table["mark"] == "-").all()
+    assert exit_code(table) == 0
+
+
+def test_few_repeats_need_non_overlapping_ranges() -> None:
+    a = {"generate": [1.0, 1.1, 1.2], "optimize": [1.0, 1.1, 1.2]}
+    b = {"generate": [2.0, 2.1, 2.2],  # clearly apart: worse
+         "optimize": [1.15, 1.3, 1.5]}  # median ratio 1.18 > 1.10, but ranges overlap
+    table = compare_frames(measures_of(a), measures_of(b)).set_index("stage")
+    assert (table["test"] == "range").all()  # 3 vs 3: a rank test could not reach 0.05
+    assert table.loc["generate", "mark"] == "+"
+    assert table.loc["optimize", "mark"] == "~"
+    assert math.isnan(table.loc["generate", "p_value"])
+    assert table.loc["generate", "ratio_min"] == pytest.approx(2.0 / 1.2)
+    assert table.loc["generate", "ratio_max"] == pytest.approx(2.2 / 1.0)
+
+
+def test_factor_guards_small_significant_changes() -> None:
+    a = {"execute": [1.00, 1.01, 1.02, 1.03, 1.04]}
+    b = {"execute": [1.05, 1.06, 1.07, 1.08, 1.09]}  # significant, but only ~5 % slower
+    table = compare_frames(measures_of(a), measures_of(b))
+    assert table["p_value"].iloc[0] < 0.05 and table["mark"].iloc[0] == "~"
+    strict = compare_frames(measures_of(a), measures_of(b), factor=1.02)
+    assert strict["mark"].iloc[0] == "+"
+    with pytest.raises(ValueError, match="factor"):
+        compare_frames(measures_of(a), measures_of(b), factor=0.9)
+
+
+def test_not_applicable_is_its_own_mark() -> None:
+    nan = float("nan")
+    a = {"dispatch": [nan, nan, nan], "execute": [1.0, 1.0, 1.0]}
+    b = {"dispatch": [0.5, 0.5, 0.5], "execute": [1.0, 1.0, 1.0]}
+    table = compare_frames(measures_of(a), measures_of(b)).set_index("stage")
+    assert table.loc["dispatch", "mark"] == "n/a"
+    assert table.loc["execute", "mark"] == "~"
+    assert exit_code(table.reset_index()) == 0
+
+
+def test_mann_whitney_exact_and_approximate() -> None:
+    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert mann_whitney_p([1, 1, 1], [1, 1, 1]) == 1.0
+    assert mann_whitney_p([1, 3, 5, 7], [2, 4, 6, 8]) > 0.5
+    assert math.isnan(mann_whitney_p([], [1.0]))
+    assert min_two_sided_p(3, 3) == pytest.approx(0.1)
+    assert min_two_sided_p(4, 4) < 0.05
+    big = mann_whitney_p(list(range(12)), list(range(100, 112)))  # normal approximation
+    assert big < 1e-3
+    same = mann_whitney_p(list(range(12)), [x + 0.5 for x in range(12)])
+    assert same > 0.5
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+def test_renderings(tmp_path: Path) -> None:
+    one_size = SyntheticSpec(backends=("reference",), sizes=(1_000,), repeats=5, seed=1)
+    a = make_run(tmp_path / "a", one_size)
+    b = make_run(tmp_path / "b", with_scale(one_size, 2.0, seed=2))
+    table = compare_runs(a, b)
+    text = compare_text(table)
+    assert text.splitlines()[0].split()[:3] == ["mark", "backend", "workload"]
+    assert "10 worse (+)" in text
+    md = compare_markdown(table, "a", "b")
+    assert "| + | reference | elementwise |" in md
+    parser = _Tags()
+    parser.feed(compare_html(table, "a<b>", "b"))
+    assert "table" in parser.tags and "b" not in parser.tags  # run names are escaped
+    out = tmp_path / "cmp"
+    html_path, md_path = render_compare(table, out, "a", "b")
+    first = (html_path.read_bytes(), md_path.read_bytes(),
+             (out / "figures" / "compare-ratio.png").read_bytes())
+    render_compare(compare_runs(a, b), out, "a", "b")
+    again = (html_path.read_bytes(), md_path.read_bytes(),
+             (out / "figures" / "compare-ratio.png").read_bytes())
+    assert first == again and len(first[2]) > 1000
