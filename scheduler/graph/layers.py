@@ -27,10 +27,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .errors import CycleError, DuplicateKeyError, GraphError, MissingDependencyError
-from .keys import Key, RegularKeys, key_name
+from .keys import ExplicitKeys, Key, key_name
+from .lowering import (
+    Placed,
+    Structure,
+    blockwise_structure,
+    explicit_structure,
+    reduction_levels,
+    reduction_structure,
+    shuffle_plan,
+    shuffle_stage_sizes,
+    shuffle_structure,
+)
 from .lowgraph import TaskGraph, TaskGroup
 from .task import (
     BlockArg,
@@ -46,19 +55,17 @@ from .task import (
 __all__ = ["Blockwise", "Layer", "LayerGraph", "Materialized", "Reduction", "Shuffle"]
 
 
-@dataclass(frozen=True)
-class _Lowered:
-    """Where a lowered layer's output block sits in the task graph being built."""
-
-    offset: int
-    shape: tuple[int, ...]
+_Lowered = Placed  # where an input layer was placed
 
 
 class Layer:
     """Base of the layer kinds. ``name`` names the output block; ``dependencies`` are the names
-    of the layers read."""
+    of the layers read. Lowering pairs ``templates()`` (one per task group, client side: they
+    hold user functions) with ``structure()`` (keys and dependency arrays: data only, which is
+    what the scheduler computes in the ``layers`` encoding)."""
 
     name: str
+    kind: str = ""
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -74,10 +81,44 @@ class Layer:
         """Tasks this layer lowers to (computed without lowering)."""
         raise NotImplementedError
 
-    def lower(self, inputs: Mapping[str, _Lowered], start: int,
+    def templates(self) -> list[Any]:
+        """One template per task group (``DepSlot``/``DepList``/``IndexSlot`` placeholders)."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The data that, with the placed inputs, fixes ``structure`` (msgpack-able)."""
+        raise NotImplementedError
+
+    def structure(self, inputs: Mapping[str, Placed], start: int,
+                  resolve: Callable[[Key], int]) -> list[Structure]:
+        return layer_structure(self.kind, self.params(), inputs, start, resolve)
+
+    def lower(self, inputs: Mapping[str, Placed], start: int,
               resolve: Callable[[Key], int]) -> list[TaskGroup]:
         """Task groups, the last one being the output block; ids start at ``start``."""
-        raise NotImplementedError
+        groups = []
+        for (keys, indptr, indices), t in zip(self.structure(inputs, start, resolve),
+                                              self.templates(), strict=True):
+            groups.append(TaskGroup(keys, template=t, indptr=indptr, indices=indices))
+        return groups
+
+
+def layer_structure(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Placed],
+                    start: int, resolve: Callable[[Key], int]) -> list[Structure]:
+    """Structure of a layer from its kind and ``params()`` (used on both sides of the wire)."""
+    if kind == "blockwise":
+        return blockwise_structure(params["name"], tuple(params["shape"]),
+                                   [(nm, inputs[nm]) for nm in params["inputs"]])
+    if kind == "reduction":
+        return reduction_structure(params["name"], params["split_every"],
+                                   inputs[params["input"]], start, params["input"])
+    if kind == "shuffle":
+        return shuffle_structure(params["name"], params["max_branch"],
+                                 inputs[params["input"]], start, params["input"])
+    if kind == "materialized":
+        return [explicit_structure(ExplicitKeys(params["keys"]), params["deps"], start,
+                                   resolve)]
+    raise GraphError(f"unknown layer kind {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +126,7 @@ class Blockwise(Layer):
     name: str
     out_shape: tuple[int, ...]
     template: Any
+    kind = "blockwise"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_shape", tuple(int(s) for s in self.out_shape))
@@ -109,31 +151,14 @@ class Blockwise(Layer):
     def n_tasks(self) -> int:
         return math.prod(self.out_shape)
 
-    def lower(self, inputs: Mapping[str, _Lowered], start: int,
-              resolve: Callable[[Key], int]) -> list[TaskGroup]:
-        names = self.dependencies
-        n = self.n_tasks
-        slot = {nm: DepSlot(k) for k, nm in enumerate(names)}
-        template = map_placeholders(
-            self.template, lambda p: slot[p.name] if type(p) is BlockArg else p)
-        cols = []
-        ar = np.arange(n, dtype=np.int64)
-        for nm in names:
-            src = inputs[nm]
-            if src.shape == self.out_shape:
-                cols.append(ar + src.offset)
-            elif math.prod(src.shape) == 1:
-                cols.append(np.full(n, src.offset, dtype=np.int64))
-            else:
-                raise GraphError(f"layer {self.name!r} of shape {self.out_shape} reads layer "
-                                 f"{nm!r} of shape {src.shape}: shapes must match (or the "
-                                 f"input must be a single block)")
-        deps = np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.int64)
-        return [TaskGroup.uniform(RegularKeys(self.name, self.out_shape), template, deps)]
+    def templates(self) -> list[Any]:
+        slot = {nm: DepSlot(k) for k, nm in enumerate(self.dependencies)}
+        return [map_placeholders(self.template,
+                                 lambda p: slot[p.name] if type(p) is BlockArg else p)]
 
-
-def _combine_all(combine: Callable[[list], Any], parts: list) -> Any:
-    return combine(parts)
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.out_shape),
+                "inputs": list(self.dependencies)}
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,7 @@ class Reduction(Layer):
     aggregate: Callable[[list], Any] | None = None
     split_every: int = 8
     input_size: int = field(default=-1, compare=False)
+    kind = "reduction"
 
     def __post_init__(self) -> None:
         if self.split_every < 2:
@@ -160,42 +186,25 @@ class Reduction(Layer):
 
     def levels(self, n_in: int) -> list[int]:
         """Task count of each tree level, the last being the final aggregate (1)."""
-        sizes = []
-        m = n_in
-        while m > self.split_every:
-            m = -(-m // self.split_every)
-            sizes.append(m)
-        sizes.append(1)
-        return sizes
+        return reduction_levels(n_in, self.split_every)
+
+    def _sized(self) -> int:
+        if self.input_size < 0:
+            raise GraphError(f"layer {self.name!r}: its size needs input_size "
+                             f"(LayerGraph sets it)")
+        return self.input_size
 
     @property
     def n_tasks(self) -> int:
-        if self.input_size < 0:
-            raise GraphError(f"layer {self.name!r}: task count needs input_size "
-                             f"(LayerGraph sets it)")
-        return sum(self.levels(self.input_size))
+        return sum(self.levels(self._sized()))
 
-    def lower(self, inputs: Mapping[str, _Lowered], start: int,
-              resolve: Callable[[Key], int]) -> list[TaskGroup]:
-        src = inputs[self.input]
-        m = math.prod(src.shape)
-        if m == 0:
-            raise GraphError(f"layer {self.name!r} reduces an empty layer {self.input!r}")
-        prev_off = src.offset
-        groups = []
-        sizes = self.levels(m)
-        off = start
-        for level, size in enumerate(sizes):
-            last = level == len(sizes) - 1
-            func = (self.aggregate or self.combine) if last else self.combine
-            indptr = np.minimum(np.arange(size + 1, dtype=np.int64) * self.split_every, m)
-            indices = np.arange(m, dtype=np.int64) + prev_off
-            keys = RegularKeys(self.name if last else f"{self.name}-partial{level}", (size,))
-            groups.append(TaskGroup(keys, template=Task(func, DepList()),
-                                    indptr=indptr, indices=indices))
-            prev_off, m = off, size
-            off += size
-        return groups
+    def templates(self) -> list[Any]:
+        n_levels = len(self.levels(self._sized()))
+        last = Task(self.aggregate or self.combine, DepList())
+        return [Task(self.combine, DepList())] * (n_levels - 1) + [last]
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "input": self.input, "split_every": self.split_every}
 
 
 def _shuffle_pick(combine: Callable[[list], Any], parts: list, j: int, stage: int,
@@ -216,6 +225,7 @@ class Shuffle(Layer):
     combine: Callable[[list], Any]
     max_branch: int = 32
     input_size: int = field(default=-1, compare=False)
+    kind = "shuffle"
 
     def __post_init__(self) -> None:
         if self.max_branch < 2:
@@ -231,19 +241,11 @@ class Shuffle(Layer):
 
     def plan(self, n: int) -> tuple[int, int]:
         """(stages, branching k) for ``n`` partitions: k**stages >= n, k <= max_branch."""
-        if n <= self.max_branch:
-            return 1, max(n, 1)
-        s = math.ceil(math.log(n, self.max_branch) - 1e-9)
-        k = math.ceil(n ** (1 / s) - 1e-9)
-        while k ** s < n:
-            k += 1
-        return s, k
+        return shuffle_plan(n, self.max_branch)
 
     def stage_sizes(self, n: int) -> list[tuple[int, int]]:
         """(split tasks, combine tasks) per stage."""
-        s, k = self.plan(n)
-        p = k ** s
-        return [(n if t == 0 else p, n if t == s - 1 else p) for t in range(s)]
+        return shuffle_stage_sizes(n, self.max_branch)
 
     @property
     def n_tasks(self) -> int:
@@ -251,41 +253,16 @@ class Shuffle(Layer):
             raise GraphError(f"layer {self.name!r}: task count needs input_size")
         return sum(a + b for a, b in self.stage_sizes(self.input_size))
 
-    def lower(self, inputs: Mapping[str, _Lowered], start: int,
-              resolve: Callable[[Key], int]) -> list[TaskGroup]:
-        src = inputs[self.input]
-        if len(src.shape) != 1:
-            raise GraphError(f"layer {self.name!r} shuffles {self.input!r} of shape "
-                             f"{src.shape}: a shuffle needs a 1-d layer")
-        n = src.shape[0]
-        s, k = self.plan(n)
-        groups = []
-        prev_off = src.offset
-        off = start
-        for t, (n_split, n_comb) in enumerate(self.stage_sizes(n)):
-            split_keys = RegularKeys(f"{self.name}-split{t}", (n_split,))
-            deps = np.arange(n_split, dtype=np.int64) + prev_off
-            groups.append(TaskGroup.uniform(split_keys, Task(self.split, DepSlot(0), t, k),
-                                            deps.reshape(-1, 1)))
-            split_off = off
-            off += n_split
-            j = np.arange(n_comb, dtype=np.int64)
-            step = k ** t
-            base = j - ((j // step) % k) * step
-            cand = base[:, None] + np.arange(k, dtype=np.int64)[None, :] * step
-            ok = cand < n_split
-            counts = ok.sum(axis=1)
-            indptr = np.zeros(n_comb + 1, dtype=np.int64)
-            np.cumsum(counts, out=indptr[1:])
-            indices = cand[ok] + split_off
-            last = t == s - 1
-            comb_keys = RegularKeys(self.name if last else f"{self.name}-stage{t}", (n_comb,))
-            template = Task(_shuffle_pick, self.combine, DepList(), IndexSlot(0), t, k)
-            groups.append(TaskGroup(comb_keys, template=template, indptr=indptr,
-                                    indices=indices))
-            prev_off = off
-            off += n_comb
-        return groups
+    def templates(self) -> list[Any]:
+        s, k = self.plan(self.input_size)
+        out: list[Any] = []
+        for t in range(s):
+            out.append(Task(self.split, DepSlot(0), t, k))
+            out.append(Task(_shuffle_pick, self.combine, DepList(), IndexSlot(0), t, k))
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "input": self.input, "max_branch": self.max_branch}
 
 
 @dataclass(frozen=True)
@@ -295,6 +272,7 @@ class Materialized(Layer):
 
     name: str
     tasks: Mapping[Key, Any]
+    kind = "materialized"
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -315,28 +293,27 @@ class Materialized(Layer):
     def n_tasks(self) -> int:
         return len(self.tasks)
 
-    def lower(self, inputs: Mapping[str, _Lowered], start: int,
-              resolve: Callable[[Key], int]) -> list[TaskGroup]:
-        from .keys import ExplicitKeys
-
-        keys = ExplicitKeys(list(self.tasks))
-        pos = keys._pos
-        specs, ptr, idx = [], [0], []
-        missing: dict[Any, Any] = {}
-        for key, value in self.tasks.items():
-            spec, deps = refs_to_slots(value)
+    def slotted(self) -> tuple[list[Any], list[list[Key]]]:
+        """Per-task specs with ``DepSlot``s, and each task's dependency keys in slot order."""
+        specs, deps = [], []
+        for value in self.tasks.values():
+            spec, dks = refs_to_slots(value)
             specs.append(spec)
-            for d in deps:
-                p = pos.get(d)
-                tid = start + p if p is not None else resolve(d)
-                if tid < 0:
-                    missing.setdefault(d, key)
-                idx.append(tid)
-            ptr.append(len(idx))
-        if missing:
-            raise MissingDependencyError(missing)
-        return [TaskGroup(keys, specs=specs, indptr=np.asarray(ptr, dtype=np.int64),
-                          indices=np.asarray(idx, dtype=np.int64))]
+            deps.append(dks)
+        return specs, deps
+
+    def templates(self) -> list[Any]:
+        raise GraphError("a Materialized layer has one spec per task, not templates")
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "keys": list(self.tasks), "deps": self.slotted()[1]}
+
+    def lower(self, inputs: Mapping[str, Placed], start: int,
+              resolve: Callable[[Key], int]) -> list[TaskGroup]:
+        specs, deps = self.slotted()
+        keys, indptr, indices = explicit_structure(ExplicitKeys(list(self.tasks)), deps,
+                                                   start, resolve)
+        return [TaskGroup(keys, specs=specs, indptr=indptr, indices=indices)]
 
 
 class LayerGraph:
