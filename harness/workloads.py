@@ -93,6 +93,20 @@ class Workload:
         assert self.graph_builder is not None
         return self.graph_builder()
 
+    def layer_graph(self) -> LayerGraph:
+        """The workload as high-level layers (a workload built without layers, random-dag,
+        becomes one Materialized layer: per-task work, like an imported graph)."""
+        if self.layers is not None:
+            return self.layers
+        from scheduler.graph.layers import Materialized
+
+        tasks = self.lower().to_dict()
+        outputs = set(self.outputs)
+        body = {k: v for k, v in tasks.items() if k not in outputs}
+        last = {k: tasks[k] for k in self.outputs}
+        return LayerGraph([Materialized(f"{self.name}-body", body),
+                           Materialized(self.output_layer, last)])
+
     @property
     def output_layer(self) -> str:
         k = self.outputs[0]

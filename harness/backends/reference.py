@@ -12,10 +12,24 @@ from typing import Any
 
 from harness.backends.base import Backend, BackendError, Measurement, RunOptions
 from harness.workloads import Workload
+from scheduler.graph.layers import LayerGraph
 from scheduler.graph.lowgraph import TaskGraph
 from scheduler.stages import SpanRecorder, Stage
 
 __all__ = ["InprocBackend", "ReferenceBackend", "prepare_graph"]
+
+
+def prepare_layers(workload: Workload, recorder: SpanRecorder, fuse: bool) -> LayerGraph:
+    """Stages 1-2 on the client for the layers encoding: build the layers, cull whole layers
+    (and fuse blockwise layers); nothing is lowered here."""
+    with recorder.span(Stage.generate) as sp:
+        layers = workload.layer_graph()
+        sp.tasks = layers.n_tasks
+    with recorder.span(Stage.optimize, tasks=layers.n_tasks):
+        if fuse:
+            layers = layers.fuse_blockwise(keep=[workload.output_layer])
+        layers = layers.cull([workload.output_layer])
+    return layers
 
 
 def prepare_graph(workload: Workload, recorder: SpanRecorder, fuse: bool) -> TaskGraph:
@@ -67,15 +81,27 @@ class ReferenceBackend(Backend):
 
         client = self.client
         client.spans(drain=True)  # start from an empty record everywhere
+        opts = self.options
         t0 = now_ns()
-        graph = prepare_graph(workload, client.recorder, self.options.fuse)
-        result = client.run(graph, workload.outputs, timeout=self.options.timeout,
-                            progress=progress)
+        if opts.encoding == "layers":
+            layers = prepare_layers(workload, client.recorder, opts.fuse)
+            result = client.run(layers, encoding="layers", timeout=opts.timeout,
+                                output_layers=[workload.output_layer], progress=progress)
+            tasks_run = None
+        else:
+            graph = prepare_graph(workload, client.recorder, opts.fuse)
+            result = client.run(graph, workload.outputs, timeout=opts.timeout,
+                                progress=progress)
+            tasks_run = graph.n
         t_end = now_ns()
         if len(result.results) != len(workload.outputs):
             raise BackendError(f"{len(result.results)} results for "
                                f"{len(workload.outputs)} outputs")
-        return Measurement(client.spans(drain=True), t0, t_end, graph.n, result.nbytes)
+        spans = client.spans(drain=True)
+        if tasks_run is None:  # lowered on the scheduler: it says how many tasks there were
+            tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph),
+                            default=None)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes)
 
     def pids(self) -> dict[str, int]:
         import os
@@ -112,10 +138,17 @@ class InprocBackend(Backend):
         opts = self.options
         cluster = InProcessCluster(opts.workers, opts.threads, record=opts.record)
         t0 = now_ns()
-        graph = prepare_graph(workload, cluster.client_rec, opts.fuse)
-        result = cluster.run(graph, workload.outputs, encoding=opts.encoding)
+        if opts.encoding == "layers":
+            layers = prepare_layers(workload, cluster.client_rec, opts.fuse)
+            result = cluster.run(layers, encoding="layers",
+                                 output_layers=[workload.output_layer])
+        else:
+            graph = prepare_graph(workload, cluster.client_rec, opts.fuse)
+            result = cluster.run(graph, workload.outputs, encoding=opts.encoding)
         t_end = now_ns()
-        return Measurement(cluster.spans(), t0, t_end, graph.n, result.nbytes)
+        spans = cluster.spans()
+        tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph), default=None)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes)
 
     def pids(self) -> dict[str, int]:
         import os

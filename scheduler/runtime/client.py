@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import pickle
 import threading
@@ -187,6 +188,13 @@ class Client:
         p = self._pending.get(gid) if gid is not None else None
         if op == "graph-accepted" and p is not None:
             p.base = int(msg["base"])
+            if "outputs" in msg.arrays:  # layers: graph ids chosen by the scheduler
+                local = msg.array("outputs").copy()
+                if len(local) > 1 and not (np.diff(local) > 0).all():
+                    order = np.argsort(local, kind="stable")
+                    local = local[order]
+                    p.out_keys = [p.out_keys[i] for i in order.tolist()]
+                p.out_ids = local
             if not p.accepted.done():
                 p.accepted.set_result(p.base)
         elif op == "graph-rejected" and p is not None:
@@ -233,18 +241,61 @@ class Client:
         """Run ``graph`` on the cluster; return ``{key: value}`` for ``outputs``."""
         return self.run(graph, outputs, encoding=encoding, timeout=timeout).results
 
-    def run(self, graph: TaskGraph | LayerGraph, outputs: Sequence[Key], *,
+    def run(self, graph: TaskGraph | LayerGraph, outputs: Sequence[Key] | None = None, *,
             encoding: str | None = None, timeout: float | None = None,
-            release: bool = True,
+            release: bool = True, output_layers: Sequence[str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> RunResult:
         """Like ``compute``, with timings; ``timeout=None`` waits as long as it takes.
-        ``progress(done, total)`` is called (on the client's loop thread) as outputs land."""
+        ``progress(done, total)`` is called (on the client's loop thread) as outputs land.
+
+        With ``encoding="layers"``, ``graph`` is a ``LayerGraph`` sent as layers and lowered
+        by the scheduler; the outputs are every key of ``output_layers`` (or of the layers
+        whose keys ``outputs`` lists, which must then be all of their keys)."""
+        encoding = encoding or self.encoding
+        if encoding == "layers":
+            if not isinstance(graph, LayerGraph):
+                raise TypeError("the layers encoding sends a LayerGraph, got "
+                                f"{type(graph).__name__}")
+            names = list(output_layers) if output_layers is not None else \
+                _whole_layers(graph, outputs or [])
+            return self._sync(self._run_layers(graph, names, release, progress), timeout)
+        if outputs is None:
+            raise TypeError("outputs (the keys wanted) are required")
         if isinstance(graph, LayerGraph):
             with self.recorder.span(Stage.generate) as sp:
                 graph = graph.lower()
                 sp.tasks = graph.n
-        return self._sync(self._run(graph, list(outputs), encoding or self.encoding,
-                                    release, progress), timeout)
+        return self._sync(self._run(graph, list(outputs), encoding, release, progress),
+                          timeout)
+
+    async def _run_layers(self, layers: LayerGraph, names: list[str], release: bool,
+                          progress: Callable[[int, int], None] | None) -> RunResult:
+        from ..wire.layers import output_keys
+
+        assert self._comm is not None
+        t_submit = now_ns()
+        graph_id = f"{self.name}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        keys = output_keys(layers, names)
+        p = _Pending(TaskGraph([]), np.arange(len(keys), dtype=np.int64), keys,
+                     self._loop.create_future(), self._loop.create_future())
+        p.accepted.add_done_callback(_consume)
+        p.finished.add_done_callback(_consume)
+        p.progress = progress
+        self._pending[graph_id] = p
+        with self.recorder.span(Stage.serialize, tasks=layers.n_tasks, messages=1) as sp:
+            frames = encode_graph(layers, "layers", outputs=names)
+            nbytes = sum(len(f) for f in frames)
+            sp.nbytes = nbytes
+        self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": now_ns() + self.offset_ns,
+                                      "encoding": "layers"}, None, frames)
+        try:
+            await p.accepted
+            await p.finished
+            values = await self._gather_pending(p)
+        finally:
+            if release:
+                self._release(graph_id)
+        return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 
     async def _submit(self, graph: TaskGraph, outputs: list[Key], encoding: str
                       ) -> tuple[str, _Pending, int]:
@@ -466,6 +517,21 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.address} {'closed' if self._closed else 'open'}>"
+
+
+def _whole_layers(layers: LayerGraph, outputs: Sequence[Key]) -> list[str]:
+    """Names of the layers whose keys ``outputs`` are, checking that they are all of them."""
+    from ..graph.keys import key_name
+
+    names = list(dict.fromkeys(key_name(k) for k in outputs))
+    missing = [nm for nm in names if nm not in layers.layers]
+    if missing:
+        raise ValueError(f"the layers encoding asks for whole layers; {missing!r} are not "
+                         f"layers of this graph")
+    if sum(math.prod(layers[nm].shape) for nm in names) != len(set(outputs)):
+        raise ValueError("the layers encoding asks for every key of its output layers; pass "
+                         "output_layers=[...] or use the compact encoding for a subset")
+    return names
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

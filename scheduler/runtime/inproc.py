@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from ..graph.keys import Key
-from ..graph.lowgraph import TaskGraph
 from ..stages import SpanRecorder, SpanRow, Stage
 from ..state.events import (
     CancelTasks,
@@ -89,16 +88,32 @@ class InProcessCluster:
             rows += r.drain()
         return rows
 
-    def run(self, graph: TaskGraph, outputs: list[Key], encoding: str = "compact",
-            graph_id: str = "g") -> InprocResult:
+    def run(self, graph: Any, outputs: list[Key] | None = None, encoding: str = "compact",
+            graph_id: str = "g", output_layers: list[str] | None = None) -> InprocResult:
+        """Run ``graph`` (a ``TaskGraph``, or a ``LayerGraph`` with ``encoding="layers"`` and
+        ``output_layers``); return the outputs' values and timings."""
         t_submit = now_ns()
-        out_ids = graph.ids_of(outputs)
-        with self.client_rec.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
-            frames = encode_graph(graph, encoding)
+        if encoding == "layers":
+            from ..wire.layers import output_keys
+
+            if output_layers is None:
+                raise ValueError("the layers encoding needs output_layers")
+            outputs = output_keys(graph, output_layers)
+            out_ids = None
+        else:
+            assert outputs is not None
+            out_ids = graph.ids_of(outputs)
+        with self.client_rec.span(Stage.serialize, tasks=graph.n_tasks if out_ids is None
+                                  else graph.n, messages=1) as sp:
+            frames = encode_graph(graph, encoding, outputs=output_layers)
             nbytes = sum(len(f) for f in frames)
             sp.nbytes = nbytes
-        with self.sched_rec.span(Stage.update_graph, tasks=graph.n, nbytes=nbytes, messages=1):
+        with self.sched_rec.span(Stage.update_graph, tasks=0, nbytes=nbytes, messages=1) as us:
             wire = decode_graph(frames)
+            us.tasks = wire.graph.n
+            if out_ids is None:
+                assert wire.outputs is not None
+                out_ids = wire.outputs
             ins = self.state.handle(GraphSubmittedEvent(
                 stimulus_id=graph_id, client="inproc", graph_id=graph_id, graph=wire.graph,
                 outputs=out_ids), schedule=False)

@@ -285,15 +285,18 @@ class SchedulerServer:
                 comm.post_msg("graph-rejected", {"graph_id": graph_id, "reason": str(e)})
                 return
             sp.tasks = wire.graph.n
+            outputs = wire.outputs if wire.outputs is not None else msg.array("outputs")
             event = GraphSubmittedEvent(stimulus_id=self._sid("graph"), client=cid,
-                                        graph_id=graph_id, graph=wire.graph,
-                                        outputs=msg.array("outputs"))
+                                        graph_id=graph_id, graph=wire.graph, outputs=outputs)
             ins = self.state.handle(event, schedule=False)
             seg = self.state.graph(cid, graph_id)
             if seg is not None:
                 self.functions[seg.sid] = wire.functions
+                # when the scheduler chose the output ids (layers), the client learns them
+                # (ids within the graph, in the order of the output layers' keys)
+                arrays = {"outputs": outputs} if wire.outputs is not None else None
                 comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": seg.base,
-                                                 "n": seg.n})
+                                                 "n": seg.n}, arrays)
         self._apply(ins)
         self._schedule_and_apply()
 

@@ -10,7 +10,8 @@ other frames are the encoding's business. Encodings:
 - ``compact`` (``compact.py``): keys as data (a regular block is its name and shape),
   dependencies as raw integer arrays, each distinct function pickled once in a function table,
   one blob per template (regular groups) or per task (explicit groups).
-- ``layers`` (to come): high-level layers as data, lowered on the scheduler.
+- ``layers`` (``layers.py``): high-level layers as data (parameters, template blobs, output
+  layer names), lowered and culled on the scheduler from data alone.
 
 Rules of this module:
 
@@ -53,7 +54,8 @@ __all__ = ["DEFAULT_GRAPH_LIMITS", "ENCODINGS", "GraphLimits", "SpecLoadError", 
            "WireError", "WireGraph", "decode_graph", "encode_graph"]
 
 # name -> module of this package implementing it (immutable: no module-level mutable state)
-_CODECS: Mapping[str, str] = MappingProxyType({"pickle": "legacy", "compact": "compact"})
+_CODECS: Mapping[str, str] = MappingProxyType({"pickle": "legacy", "compact": "compact",
+                                                "layers": "layers"})
 
 ENCODINGS: tuple[str, ...] = tuple(_CODECS)
 """Names of the graph encodings this version can write and read."""
@@ -85,6 +87,9 @@ class WireGraph:
     functions: bytes
     encoding: str
     nbytes: int
+    outputs: np.ndarray | None = None
+    """Output ids chosen on the scheduler (``layers``: every key of the output layers, in
+    their key order); ``None`` when the client sends its own output ids."""
 
 
 def _codec(encoding: object) -> ModuleType | None:
@@ -94,25 +99,33 @@ def _codec(encoding: object) -> ModuleType | None:
     return importlib.import_module(f"{__package__}.{module}")
 
 
-def encode_graph(graph: TaskGraph, encoding: str) -> list[Any]:
+def encode_graph(graph: Any, encoding: str, outputs: Sequence[str] | None = None
+                 ) -> list[Any]:
     """Frames of a graph message for ``graph`` in ``encoding`` (one of ``ENCODINGS``).
 
-    Frames are bytes-like (``bytes`` or byte ``memoryview``s of numpy arrays), ready for
-    ``frames.write_message``. Raises ``ValueError`` for an unknown encoding name or a graph
-    the encoding cannot carry; an object that cannot be pickled raises what cloudpickle
-    raises. (The ``layers`` encoding will take its high-level graph here instead.)
+    For ``pickle`` and ``compact``, ``graph`` is a ``TaskGraph``. For ``layers`` it is a
+    ``LayerGraph`` and ``outputs`` names the layers whose keys are wanted. Frames are
+    bytes-like, ready for ``frames.write_message``. Raises ``ValueError`` for an unknown
+    encoding name or a graph of the wrong kind for the encoding.
     """
     codec = _codec(encoding)
     if codec is None:
         raise ValueError(f"unknown graph encoding {encoding!r}; choose one of "
                          f"{', '.join(ENCODINGS)}")
-    fields, payloads = codec.encode(graph)
+    if encoding == "layers":
+        from ..graph.layers import LayerGraph
+
+        if not isinstance(graph, LayerGraph) or outputs is None:
+            raise ValueError("the layers encoding sends a LayerGraph and the names of its "
+                             "output layers")
+        fields, payloads = codec.encode_layers(graph, outputs)
+    else:
+        if not isinstance(graph, TaskGraph):
+            raise ValueError(f"the {encoding} encoding sends a TaskGraph, got "
+                             f"{type(graph).__name__} (lower it first, or use layers)")
+        fields, payloads = codec.encode(graph)
     header = {"encoding": encoding, "version": codec.VERSION, **fields}
-    try:
-        return dumps_msg(header, *payloads)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"this graph cannot be encoded as {encoding!r}: {exc} (msgpack "
-                         f"carries its keys: int key parts must fit in 64 bits)") from exc
+    return dumps_msg(header, *payloads)
 
 
 def decode_graph(frames: Sequence[BytesLike], limits: GraphLimits = DEFAULT_GRAPH_LIMITS
@@ -135,8 +148,10 @@ def decode_graph(frames: Sequence[BytesLike], limits: GraphLimits = DEFAULT_GRAP
         raise WireError(f"the client sent a {encoding!r} graph of version {version!r}; this "
                         f"scheduler reads version {codec.VERSION}: client and scheduler run "
                         f"different versions of stagecost")
-    graph, functions = codec.decode(header, frames, limits)
-    return WireGraph(graph=graph, functions=functions, encoding=str(encoding),
+    decoded = codec.decode(header, frames, limits)
+    graph, functions = decoded[0], decoded[1]
+    outputs = decoded[2] if len(decoded) > 2 else None
+    return WireGraph(graph=graph, functions=functions, encoding=str(encoding), outputs=outputs,
                      nbytes=message_nbytes(frames))
 
 
