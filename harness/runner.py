@@ -72,13 +72,18 @@ class _Progress:
                   flush=True)
 
 
-def run_cell(cell: Cell, stream: TextIO = sys.stderr) -> dict[str, Any]:
-    """Run one cell in this process; return its rows (stages, spans, runs) and notes."""
+def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict[str, Any]:
+    """Run one cell in this process; return its rows (stages, spans, runs) and notes.
+
+    ``hooks``, if given, has ``started(backend)`` (called once the backend's processes exist,
+    before the first run) and ``finished(backend)`` (after the last run, before closing)."""
     backend = make_backend(cell.backend, cell.options)
     out: dict[str, Any] = {"stages": [], "spans": [], "runs": [], "notes": [],
                            "merged": dict(backend.merged), "backend": {}}
     with backend:
         out["backend"] = backend.describe()
+        if hooks is not None:
+            hooks.started(backend)
         total = cell.warmups + cell.repeats
         for i in range(total):
             warm = i < cell.warmups
@@ -99,6 +104,8 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr) -> dict[str, Any]:
             out["runs"].append(run_row(m, key))
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
+        if hooks is not None:
+            hooks.finished(backend)
     return out
 
 
@@ -184,10 +191,12 @@ def default_run_dir(root: Path, workloads: list[str], sizes: list[int],
 def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
              options: RunOptions, *, repeats: int = 3, warmups: int = 1,
              run_dir: Path, in_process: bool = False, timeout: float | None = None,
-             parameters: dict[str, Any] | None = None, render: bool = True
-             ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+             parameters: dict[str, Any] | None = None, render: bool = True,
+             hooks: Any = None) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Run every cell, write the run folder, render its report; return (folder, stages,
-    runs). Cells run in child processes unless ``in_process``."""
+    runs). Cells run in child processes unless ``in_process`` (or ``hooks``: a profiler
+    needs the cells' processes, so hooks imply in-process cells). ``hooks.extra()`` may add
+    ``(profile_stages DataFrame, meta additions)`` to the run folder."""
     from harness.report.schema import SCHEMA_VERSION, write_tables
 
     for b in backends:
@@ -207,7 +216,10 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
         for n in sizes:
             for b in backends:
                 cell = Cell(w, n, b, options, repeats, warmups)
-                res = run_cell(cell) if in_process else _run_cell_child(cell, timeout)
+                if in_process or hooks is not None:
+                    res = run_cell(cell, hooks=hooks)
+                else:
+                    res = _run_cell_child(cell, timeout)
                 stages += res["stages"]
                 spans += res["spans"]
                 runs += res["runs"]
@@ -228,7 +240,11 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     stages_df, spans_df, runs_df = (pd.DataFrame(stages), pd.DataFrame(spans),
                                     pd.DataFrame(runs))
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_tables(run_dir, stages_df, spans_df, runs_df, meta)
+    profile_df = None
+    if hooks is not None:
+        profile_df, more_meta = hooks.extra()
+        meta.update(more_meta)
+    write_tables(run_dir, stages_df, spans_df, runs_df, meta, profile_df)
     if render:
         from harness.report.render import render_report
 
