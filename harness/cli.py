@@ -155,8 +155,11 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
                                          run_dir=run_dir, in_process=args.in_process,
                                          timeout=args.timeout, parameters=params)
     if args.json:
+        from harness.report.schema import read_run
+
+        stored = read_run(run_dir)  # rows exactly as stages.csv holds them
         doc = {"run_dir": str(run_dir),
-               "rows": json.loads(stages.to_json(orient="records")),
+               "rows": _records(stored.stages),
                "time_to_first_task_s": _median(runs, "time_to_first_task_s"),
                "wall_s": _median(runs, "wall_s"),
                "runs": json.loads(runs.to_json(orient="records"))}
@@ -165,6 +168,24 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         print(_summary_text(stages, runs))
         print(f"\nreport: {run_dir / 'report.html'}  (and report.md)")
     return 0
+
+
+def _records(df: Any) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: ints stay ints, missing values become null."""
+    import math
+
+    out = []
+    for row in df.astype(object).to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v is __import__("pandas").NA:
+                clean[k] = None
+            elif hasattr(v, "item"):
+                clean[k] = v.item()
+            else:
+                clean[k] = v
+        out.append(clean)
+    return out
 
 
 def _median(runs: Any, col: str) -> float | None:

@@ -29,7 +29,7 @@ from scheduler.graph.keys import ExplicitKeys, RegularKeys
 from scheduler.graph.lowgraph import TaskGraph, TaskGroup
 from scheduler.graph.task import DepList, DepSlot, IndexSlot, Ref, Task, map_placeholders
 from scheduler.wire.encodings import (
-    ENCODINGS,
+    GRAPH_ENCODINGS,
     GraphLimits,
     SpecLoader,
     SpecLoadError,
@@ -203,7 +203,7 @@ def mixed_graphs(draw: st.DrawFn) -> TaskGraph:
 
 # --- exact round trips ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 @SLOW
 @given(graph=dict_graphs())
 def test_round_trip_dict_graphs(encoding: str, graph: TaskGraph) -> None:
@@ -211,7 +211,7 @@ def test_round_trip_dict_graphs(encoding: str, graph: TaskGraph) -> None:
     assert_same(graph, wire, loaded)
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 @SLOW
 @given(graph=mixed_graphs())
 def test_round_trip_mixed_graphs(encoding: str, graph: TaskGraph) -> None:
@@ -227,7 +227,7 @@ def two_regular_groups(half: int, f: Callable[..., Any] = operator.neg) -> TaskG
     return TaskGraph([x, y])
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 def test_round_trip_regular_groups_and_empty_graph(encoding: str) -> None:
     graph = two_regular_groups(50)
     wire, loaded = round_trip(graph, encoding)
@@ -256,7 +256,7 @@ def test_keys_keep_their_part_types() -> None:
     keys = [("a", 1), ("a", 1.5), ("a", "1"), ("a", -0.0, 2**40), "a", ("b", 1, "x", 2.0)]
     graph = TaskGraph.from_dict({k: Task(operator.add, 1, i) for i, k in enumerate(keys)},
                                 external=[("ext", 3.0)])
-    for encoding in ENCODINGS:
+    for encoding in GRAPH_ENCODINGS:
         wire = decode_graph(encode_graph(graph, encoding))
         assert repr(wire.graph.keys()) == repr(keys)
         assert repr(wire.graph.external) == repr([("ext", 3.0)])
@@ -295,7 +295,7 @@ def by_value_functions() -> list[Callable[[int], int]]:
     return [lambda x: x - 1, closure, namespace["from_main"]]
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 def test_lambdas_closures_and_main_functions_travel_by_value(encoding: str) -> None:
     lam, closure, from_main = by_value_functions()
     assert from_main.__module__ == "__main__"
@@ -338,7 +338,7 @@ def boom(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("something was unpickled while decoding on the scheduler")
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 def test_decoding_never_unpickles(encoding: str, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     evidence = tmp_path / "unpickled"
@@ -412,7 +412,7 @@ def test_unknown_encoding_names() -> None:
         decode_graph(frames)
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 def test_wrong_version(encoding: str) -> None:
     for version in (99, True, "1", None):
         def edit(header: dict[str, Any], rest: list[Any], v: Any = version) -> None:
@@ -533,7 +533,7 @@ def test_bad_pickle_messages(case: tuple[str, Any, type, str]) -> None:
         decode_graph(frames)
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("encoding", GRAPH_ENCODINGS)
 def test_graph_limits(encoding: str) -> None:
     frames = encode_graph(small_graph(), encoding)
     decode_graph(frames, GraphLimits(max_tasks=4))
@@ -563,7 +563,7 @@ MSGPACK_VALUES = st.recursive(
 @given(st.data())
 def test_fuzz_header_values(data: st.DataObject) -> None:
     """Replacing any header value by arbitrary msgpack data gives a clear error or a graph."""
-    frames = encode_graph(small_graph(), data.draw(st.sampled_from(ENCODINGS)))
+    frames = encode_graph(small_graph(), data.draw(st.sampled_from(GRAPH_ENCODINGS)))
     header = msgpack.unpackb(frames[0])
     value = data.draw(MSGPACK_VALUES)
     paths = [(header, k) for k in header]

@@ -20,6 +20,7 @@ from ..graph.keys import Key
 from ..stages import SpanRecorder, SpanRow, Stage
 from ..state.events import (
     CancelTasks,
+    ClientReleasedKeysEvent,
     GraphRejected,
     GraphSubmittedEvent,
     Instruction,
@@ -120,6 +121,17 @@ class InProcessCluster:
         seg = self.state.graph("inproc", graph_id)
         if seg is not None:
             self._functions[seg.sid] = wire.functions
+        try:
+            results = self._drive(ins, seg, outputs, out_ids)
+        finally:
+            # release whatever happened (an error must not leave the graph's keys live)
+            self._jobs.clear()
+            self._apply(self.state.handle(ClientReleasedKeysEvent(
+                stimulus_id="release", client="inproc", graph_id=graph_id)))
+        return InprocResult(results, t_submit, now_ns(), nbytes)
+
+    def _drive(self, ins: list[Instruction], seg: Any, outputs: list[Key],
+               out_ids: Any) -> dict[Key, Any]:
         held: dict[int, int] = {}
         done = False
         while True:
@@ -144,11 +156,7 @@ class InProcessCluster:
             results = {}
             for k, t in zip(outputs, out_ids.tolist(), strict=True):
                 results[k] = self.workers[held[seg.base + t]].data[seg.base + t]
-        from ..state.events import ClientReleasedKeysEvent
-
-        self._apply(self.state.handle(ClientReleasedKeysEvent(
-            stimulus_id="release", client="inproc", graph_id=graph_id)))
-        return InprocResult(results, t_submit, now_ns(), nbytes)
+        return results
 
     def _apply(self, instructions: list[Instruction]) -> None:
         sends = [i for i in instructions if isinstance(i, SendTasks)]

@@ -109,6 +109,7 @@ class SchedulerState:
         self._next_base = 0
         self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks
         self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
+        self._failures: dict[int, tuple[Any, bytes, str]] = {}  # failed gid -> error
         self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
             maxlen=self.config.story_length)
         self._out: list[Instruction] = []
@@ -394,7 +395,8 @@ class SchedulerState:
                                            graph_id=ev.graph_id, reason=str(e)))
             return
         n = seg.n
-        if n == 0:
+        if n == 0 or not len(seg.outputs):
+            # nothing asked for: the answer is complete now (the client will release it)
             self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
                                           graph_id=seg.graph_id, ids=_EMPTY,
                                           workers=_EMPTY, done=True))
@@ -410,6 +412,8 @@ class SchedulerState:
         ready = np.nonzero(missing == 0)[0]
         self._transition(seg, np.nonzero(missing > 0)[0], S.waiting)
         self._transition(seg, ready, S.ready)
+        if seg.uses:
+            self._inherit_errors(seg)
         # outputs that are external keys already in memory are reported at once
         ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
         if len(ext_out):
@@ -491,6 +495,53 @@ class SchedulerState:
             sseg.refs += 1
             seg.uses.append(sseg.sid)
 
+    def _inherit_errors(self, seg: Segment) -> None:
+        """Tasks of a new graph that use results which already failed fail at once."""
+        n = seg.n
+        ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)
+        if not ext.any():
+            return
+        bad = ext.copy()
+        bad[ext] = self._states(seg.dep_idx[ext]) == S.erred
+        if not bad.any():
+            return
+        owners = np.repeat(np.arange(n, dtype=np.int64), np.diff(seg.dep_ptr))
+        cause = int(seg.dep_idx[np.flatnonzero(bad)[0]])
+        key, blob, text = self._failure_of(cause)
+        start = unique(owners[bad])
+        hit: list[tuple[Segment, np.ndarray]] = []
+        for s, erred in self._dependents_closure(seg, start):
+            erred = np.union1d(erred, start) if s is seg else erred
+            st = s.state[erred]
+            self._transition(s, erred[np.isin(st, (S.waiting, S.ready))], S.erred)
+            hit.append((s, erred))
+        for s, erred in hit:
+            outs = erred[s.wanted[erred] > 0]
+            s.outputs_left -= len(outs)
+            self._out.append(KeysErred(stimulus_id=self._stimulus, client=s.client,
+                                       graph_id=s.graph_id, id=cause, key=key, error=blob,
+                                       text=text, ids=outs + s.base))
+
+    def _failure_of(self, gid: int) -> tuple[Any, bytes, str]:
+        """(key, error blob, text) of the task whose failure made ``gid`` erred."""
+        seen: set[int] = set()
+        stack = [gid]
+        while stack:
+            t = stack.pop()
+            if t in self._failures:
+                return self._failures[t]
+            if t in seen:
+                continue
+            seen.add(t)
+            s = self.segment_of(t)
+            i = t - s.base
+            for d in s.dep_idx[s.dep_ptr[i]:s.dep_ptr[i + 1]].tolist():
+                ds = self.segment_of(d)
+                if ds.state[d - ds.base] == S.erred:
+                    stack.append(d)
+        s = self.segment_of(gid)
+        return s.key(gid - s.base), b"", "a task this one depends on failed"
+
     def _notify_outputs_external(self, seg: Segment, gids: np.ndarray) -> None:
         ws = np.full(len(gids), -1, dtype=np.int64)
         for j, g in enumerate(gids.tolist()):
@@ -566,6 +617,7 @@ class SchedulerState:
         self.occupancy[ev.worker] -= 1
         seg.worker[i] = ev.worker
         self._transition(seg, np.asarray([i]), S.erred)
+        self._failures[ev.id] = (seg.key(i), ev.error, ev.text)
         hit_outputs: list[tuple[Segment, np.ndarray]] = []
         for s, erred in self._dependents_closure(seg, np.asarray([i])):
             st = s.state[erred]
@@ -663,6 +715,8 @@ class SchedulerState:
                 self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
                                              ids=mem[seg.worker[mem] == w] + seg.base))
         del self.segments[seg.sid]
+        for g in [g for g in self._failures if seg.contains(g)]:
+            del self._failures[g]
         i = self._by_base.index(seg)
         del self._by_base[i]
         del self._bases[i]
@@ -771,11 +825,21 @@ class SchedulerState:
             self._merge_queue()
         per = self.config.inflight_per_thread
         free = {w: per * self.nthreads[w] - self.occupancy[w] for w in workers}
-        # hand out contiguous runs: most free capacity first
-        for w in sorted(workers, key=lambda w: -free[w]):
-            want = free[w]
-            if want <= 0:
-                continue
+        free = {w: f for w, f in free.items() if f > 0}
+        room = sum(free.values())
+        if not room:
+            return
+        queued = sum(len(loc) for _, loc in self._queue)
+        hand = min(room, queued)
+        # shares proportional to free room, so every worker gets work when there is little;
+        # each share is a contiguous run of the priority order (siblings stay together)
+        shares = {w: hand * f // room for w, f in free.items()}
+        for w in sorted(free, key=lambda w: -free[w]):
+            if sum(shares.values()) >= hand:
+                break
+            shares[w] += 1
+        for w in sorted(free, key=lambda w: -free[w]):
+            want = shares[w]
             while want > 0 and self._queue:
                 seg, local = self._queue[0]
                 take = local[:want]
@@ -783,10 +847,10 @@ class SchedulerState:
                     self._queue.popleft()
                 else:
                     self._queue[0] = (seg, local[want:])
+                want -= len(take)
                 take = take[seg.state[take] == S.ready]  # erred/cancelled meanwhile
                 if len(take):
                     self._assign(seg, take, np.full(len(take), w))
-                    want -= len(take)
 
     def _merge_queue(self) -> None:
         by_seg: dict[int, list[np.ndarray]] = {}

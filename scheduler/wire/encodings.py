@@ -50,7 +50,7 @@ from ..graph.keys import ExplicitKeys, InvalidKeyError, Key, KeyBlock, check_key
 from ..graph.lowgraph import TaskGraph, TaskGroup
 from .frames import BytesLike, WireError, dumps_msg, loads_header, message_nbytes
 
-__all__ = ["DEFAULT_GRAPH_LIMITS", "ENCODINGS", "GraphLimits", "SpecLoadError", "SpecLoader",
+__all__ = ["DEFAULT_GRAPH_LIMITS", "ENCODINGS", "GRAPH_ENCODINGS", "GraphLimits", "SpecLoadError", "SpecLoader",
            "WireError", "WireGraph", "decode_graph", "encode_graph"]
 
 # name -> module of this package implementing it (immutable: no module-level mutable state)
@@ -59,6 +59,9 @@ _CODECS: Mapping[str, str] = MappingProxyType({"pickle": "legacy", "compact": "c
 
 ENCODINGS: tuple[str, ...] = tuple(_CODECS)
 """Names of the graph encodings this version can write and read."""
+
+GRAPH_ENCODINGS: tuple[str, ...] = ("pickle", "compact")
+"""The encodings that carry a lowered ``TaskGraph`` (``layers`` carries a ``LayerGraph``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,11 @@ def encode_graph(graph: Any, encoding: str, outputs: Sequence[str] | None = None
                              f"{type(graph).__name__} (lower it first, or use layers)")
         fields, payloads = codec.encode(graph)
     header = {"encoding": encoding, "version": codec.VERSION, **fields}
-    return dumps_msg(header, *payloads)
+    try:
+        return dumps_msg(header, *payloads)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"this graph cannot be encoded as {encoding!r}: {exc} (msgpack "
+                         f"carries its keys: int key parts must fit in 64 bits)") from exc
 
 
 def decode_graph(frames: Sequence[BytesLike], limits: GraphLimits = DEFAULT_GRAPH_LIMITS

@@ -1,0 +1,147 @@
+"""``InProcessCluster``: both state machines in one thread, no sockets, no processes.
+
+It must give exactly the results of ``TaskGraph.execute`` for every workload, record spans
+for the client, scheduler and worker roles, never a ``communicate`` span (there is no
+network), and raise a failing task's error with the worker's traceback as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.workloads import WORKLOADS, Workload, build
+from scheduler import Stage
+from scheduler.graph.lowgraph import TaskGraph
+from scheduler.graph.task import Ref, Task
+from scheduler.runtime.client import RemoteTraceback
+from scheduler.runtime.inproc import InProcessCluster
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def fail_on_seven(x: int) -> int:
+    if x == 7:
+        raise ValueError(f"stagecost inproc test: refusing input {x}")
+    return x * 2
+
+
+def total(parts: list[int]) -> int:
+    return sum(parts)
+
+
+def at_least(name: str, n: int) -> Workload:
+    """Workload ``name`` with at least ``n`` real tasks (sizes are requests)."""
+    request = n
+    while True:
+        w = build(name, request)
+        if w.n_tasks >= n:
+            return w
+        request = int(request * 1.05) + 1
+
+
+def failing_graph(width: int = 50) -> TaskGraph:
+    dsk: dict[object, Task] = {}
+    for i in range(width):
+        dsk[("x", i)] = Task(inc, i)
+        dsk[("y", i)] = Task(fail_on_seven, Ref(("x", i)))
+    dsk["total"] = Task(total, [Ref(("y", i)) for i in range(width)])
+    return TaskGraph.from_dict(dsk)
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_matches_in_process_execution(name: str) -> None:
+    w = at_least(name, 10_000)
+    graph = w.lower()
+    result = InProcessCluster(n_workers=2).run(graph, w.outputs)
+    assert result.results == graph.execute(w.outputs)
+    assert list(result.results) == list(w.outputs)
+    assert result.nbytes > 0
+    assert result.t_done_ns >= result.t_submit_ns
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_with_pickle_encoding(name: str) -> None:
+    w = build(name, 2_000)
+    graph = w.lower()
+    result = InProcessCluster(n_workers=2).run(graph, w.outputs, encoding="pickle")
+    assert result.results == graph.execute(w.outputs)
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_other_worker_counts(n_workers: int) -> None:
+    w = build("shuffle", 3_000)
+    graph = w.lower()
+    cluster = InProcessCluster(n_workers=n_workers)
+    assert cluster.run(graph, w.outputs).results == graph.execute(w.outputs)
+    roles = {r.role for r in cluster.spans()}
+    assert {"client", "scheduler", "worker-0"} <= roles
+    assert roles <= {"client", "scheduler"} | {f"worker-{i}" for i in range(n_workers)}
+
+
+def test_several_graphs_on_one_cluster() -> None:
+    cluster = InProcessCluster(n_workers=2)
+    for i, name in enumerate(WORKLOADS):
+        w = build(name, 2_000)
+        graph = w.lower()
+        got = cluster.run(graph, w.outputs, graph_id=f"g{i}").results
+        assert got == graph.execute(w.outputs)
+    # the same graph id and keys again, once the previous run has finished
+    w = build("elementwise", 1_000)
+    assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
+    assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
+
+
+def test_spans_have_every_role_and_never_communicate() -> None:
+    cluster = InProcessCluster(n_workers=2)
+    # more root tasks than one worker takes at once (SchedulerConfig.inflight_per_thread),
+    # so that both workers run some
+    w = at_least("elementwise", 20_000)
+    cluster.run(w.lower(), w.outputs)
+    spans = cluster.spans()
+    roles = {r.role for r in spans}
+    assert {"client", "scheduler", "worker-0", "worker-1"} <= roles
+    stages = {Stage(r.stage) for r in spans}
+    assert Stage.communicate not in stages
+    assert {Stage.serialize, Stage.update_graph, Stage.schedule, Stage.dispatch,
+            Stage.execute} <= stages
+    assert all(r.end_ns >= r.start_ns for r in spans)
+    for worker in ("worker-0", "worker-1"):
+        ran = sum(r.tasks for r in spans if r.role == worker and r.stage == Stage.execute)
+        assert ran > 0, f"{worker} ran no task"
+    assert cluster.spans() == []  # drained
+
+
+def test_recording_off_records_nothing() -> None:
+    cluster = InProcessCluster(n_workers=2, record=False)
+    w = build("reduction", 2_000)
+    assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
+    assert cluster.spans() == []
+
+
+@pytest.mark.parametrize("encoding", ["compact", "pickle"])
+def test_a_raising_task_raises_with_the_remote_traceback(encoding: str) -> None:
+    cluster = InProcessCluster(n_workers=2)
+    with pytest.raises(ValueError, match="refusing input 7") as info:
+        cluster.run(failing_graph(), ["total"], encoding=encoding)
+    assert type(info.value) is ValueError
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_on_seven" in cause.text
+    assert "ValueError: stagecost inproc test: refusing input 7" in cause.text
+
+
+def test_cluster_stays_usable_after_a_task_error() -> None:
+    cluster = InProcessCluster(n_workers=2)
+    with pytest.raises(ValueError):
+        cluster.run(failing_graph(), ["total"])
+    good = TaskGraph.from_dict({"total": Task(total, [1, 2, 3])})
+    assert cluster.run(good, ["total"]).results == {"total": 6}
+    w = build("elementwise", 1_000)
+    assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
+
+
+def test_run_with_no_outputs_returns_no_results() -> None:
+    graph = TaskGraph.from_dict({"lonely": Task(inc, 1)})
+    assert InProcessCluster(n_workers=2).run(graph, []).results == {}
