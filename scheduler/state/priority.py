@@ -3,10 +3,10 @@
 Rule: a lower number runs first, and the order is a depth-first post-order toward the
 outputs: each task's *parent* is its first dependent (lowest id), which makes the graph a
 forest; the forest is numbered in post-order (children before their parent, one subtree after
-the other, subtrees in id order). For pipelines this runs ``x0, y0, x1, y1, ...``; for a tree
-reduction it runs 8 leaves, their combine, 8 more leaves, ... so each intermediate result is
-consumed soon after it is made and memory stays low, while the workers always have whole
-subtrees to run.
+the other; roots in id order, siblings grouped by the group they belong to). For pipelines
+this runs ``x0, y0, x1, y1, ...``; for a tree reduction it runs 8 leaves, their combine,
+8 more leaves, ... so each intermediate result is consumed soon after it is made and memory
+stays low, while the workers always have whole subtrees to run.
 
 A shared dependency sits in its first dependent's subtree, so its number may exceed another
 dependent's: priorities order tasks that are ready, they are not an execution order.

@@ -395,6 +395,9 @@ class SchedulerState:
                                            graph_id=ev.graph_id, reason=str(e)))
             return
         n = seg.n
+        if n == 0 and len(seg.outputs):
+            self._notify_outputs_external(seg, seg.outputs)  # only results already held
+            return
         if n == 0 or not len(seg.outputs):
             # nothing asked for: the answer is complete now (the client will release it)
             self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
@@ -414,6 +417,9 @@ class SchedulerState:
         self._transition(seg, ready, S.ready)
         if seg.uses:
             self._inherit_errors(seg)
+            ext = np.unique(seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)])
+            for g in ext[self._states(ext) == S.released].tolist():
+                self._recompute(g)  # a result freed before this graph came: make it again
         # outputs that are external keys already in memory are reported at once
         ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
         if len(ext_out):
@@ -465,20 +471,18 @@ class SchedulerState:
         return seg
 
     def _clashing_key(self, graph: Any) -> Key | None:
+        """A key that ``graph`` defines and a live graph defines too, or None."""
         for g in graph.groups:
-            for nm in g.keys.names():
+            a = g.keys
+            if not len(a):
+                continue
+            for nm in a.names():
                 for sid in self._names.get(nm, ()):
                     other = self.segments[sid].graph
-                    keys = g.keys
-                    if len(keys) and hasattr(keys, "shape"):
-                        k0 = keys.key(0)
-                        if other.id_of(k0) >= 0:
-                            return k0
-                    else:
-                        for k in keys.tolist():
-                            j = other.id_of(k)
-                            if 0 <= j < other.n:
-                                return k
+                    for ogi in other._by_name.get(nm, ()):
+                        k = _overlap(a, other.groups[ogi].keys)
+                        if k is not None:
+                            return k
         return None
 
     def _link_external(self, seg: Segment, indptr: np.ndarray, indices: np.ndarray,
@@ -512,9 +516,13 @@ class SchedulerState:
         hit: list[tuple[Segment, np.ndarray]] = []
         for s, erred in self._dependents_closure(seg, start):
             erred = np.union1d(erred, start) if s is seg else erred
-            st = s.state[erred]
-            self._transition(s, erred[np.isin(st, (S.waiting, S.ready))], S.erred)
-            hit.append((s, erred))
+            new = erred[np.isin(s.state[erred], (S.waiting, S.ready, S.processing))]
+            proc = new[s.state[new] == S.processing]
+            for w in unique(s.worker[proc]):
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[s.worker[proc] == w] + s.base))
+            self._transition(s, new, S.erred)
+            hit.append((s, new))
         for s, erred in hit:
             outs = erred[s.wanted[erred] > 0]
             s.outputs_left -= len(outs)
@@ -614,9 +622,7 @@ class SchedulerState:
         i = ev.id - seg.base
         if seg.state[i] != S.processing or seg.worker[i] != ev.worker:
             return
-        self.occupancy[ev.worker] -= 1
-        seg.worker[i] = ev.worker
-        self._transition(seg, np.asarray([i]), S.erred)
+        self._transition(seg, np.asarray([i]), S.erred)  # frees its worker slot
         self._failures[ev.id] = (seg.key(i), ev.error, ev.text)
         hit_outputs: list[tuple[Segment, np.ndarray]] = []
         for s, erred in self._dependents_closure(seg, np.asarray([i])):
@@ -628,7 +634,7 @@ class SchedulerState:
             todo = erred[np.isin(st, (S.waiting, S.ready, S.processing))]
             self._transition(s, todo, S.erred)
             own = np.asarray([i] if s is seg else [], dtype=np.int64)
-            hit_outputs.append((s, np.union1d(erred, own)))
+            hit_outputs.append((s, np.union1d(todo, own)))  # newly spoiled only
         for s, erred in hit_outputs:
             outs = erred[s.wanted[erred] > 0]
             s.outputs_left -= len(outs)
@@ -660,22 +666,23 @@ class SchedulerState:
         return [(self.segments[sid], loc) for sid, loc in found.items()]
 
     def _data_lost(self, ev: DataLostEvent) -> None:
-        """A worker could not fetch dependencies: they are gone; recompute them."""
-        for seg, local in self._split(np.asarray(ev.missing, dtype=np.int64)):
-            gone = local[(seg.state[local] == S.memory)
-                         & np.asarray([self.nthreads[int(w)] == 0 if w >= 0 else True
-                                       for w in seg.worker[local]], dtype=bool)]
-            if len(gone):
-                self._transition(seg, gone, S.released)
-                for t in gone.tolist():
-                    self._recompute(seg.base + t)
+        """A worker could not fetch dependencies of a task it runs: the holder says it does
+        not have them, so they are gone (recomputed) and the task waits for them again. A
+        report about a task not running on that worker any more is stale and ignored."""
         try:
             seg = self.segment_of(ev.id)
         except KeyError:
             return
         i = ev.id - seg.base
-        if seg.state[i] == S.processing and seg.worker[i] == ev.worker:
-            self._requeue(seg, np.asarray([i]))
+        if seg.state[i] != S.processing or seg.worker[i] != ev.worker:
+            return
+        self._requeue(seg, np.asarray([i]))  # the worker gave it up: not running anywhere
+        for dseg, local in self._split(np.asarray(ev.missing, dtype=np.int64)):
+            gone = local[dseg.state[local] == S.memory]
+            if len(gone):
+                self._transition(dseg, gone, S.released)
+                for t in gone.tolist():
+                    self._recompute(dseg.base + t)  # and sends the task back to waiting
 
     # --- clients -----------------------------------------------------------------------------
 
@@ -685,6 +692,7 @@ class SchedulerState:
             return
         seg.wanted[:] = 0
         seg.outputs_left = 0
+        seg.released = True
         self._maybe_drop(seg)
 
     def _client_lost(self, ev: ClientLostEvent) -> None:
@@ -692,6 +700,7 @@ class SchedulerState:
             if client == ev.client:
                 seg.wanted[:] = 0
                 seg.outputs_left = 0
+                seg.released = True
                 seg.client = ""  # nobody to notify any more
         for (client, _gid), seg in list(self._by_graph.items()):
             if client == ev.client:
@@ -750,9 +759,11 @@ class SchedulerState:
                 if used is not None:
                     used.refs -= 1
                     self._release_unneeded(used, np.arange(used.n))
-                    if not used.client:
+                    if used.released:
                         self._maybe_drop(used)
         self._queue = deque((s, loc) for s, loc in self._queue if s is not seg)
+        self._story = deque((e for e in self._story if e[1] != seg.base),
+                            maxlen=self._story.maxlen)
 
     # --- scheduling ----------------------------------------------------------------------------
 
@@ -847,10 +858,12 @@ class SchedulerState:
                     self._queue.popleft()
                 else:
                     self._queue[0] = (seg, local[want:])
-                want -= len(take)
-                take = take[seg.state[take] == S.ready]  # erred/cancelled meanwhile
+                # entries whose task left the ready state meanwhile (erred, sent back to
+                # waiting, already handed out) are stale: skip them, they used no room
+                take = take[seg.state[take] == S.ready]
                 if len(take):
                     self._assign(seg, take, np.full(len(take), w))
+                    want -= len(take)
 
     def _merge_queue(self) -> None:
         by_seg: dict[int, list[np.ndarray]] = {}
@@ -861,7 +874,7 @@ class SchedulerState:
         self._queue = deque()
         for sid in sorted(by_seg):
             seg = segs[sid]
-            local = np.concatenate(by_seg[sid])
+            local = unique(np.concatenate(by_seg[sid]))  # a task queued twice goes once
             self._queue.append((seg, local[np.argsort(seg.priority[local], kind="stable")]))
 
     def _assign(self, seg: Segment, local: np.ndarray, choice: np.ndarray) -> None:
@@ -913,6 +926,22 @@ class SchedulerState:
         assert occ == [o if n else 0 for o, n in zip(self.occupancy, self.nthreads,
                                                          strict=True)], \
             f"occupancy {self.occupancy} differs from processing tasks {occ}"
+
+
+def _overlap(a: Any, b: Any) -> Key | None:
+    """A key both key blocks hold, or None."""
+    from ..graph.keys import RegularKeys
+
+    if not len(b):
+        return None
+    if isinstance(a, RegularKeys) and isinstance(b, RegularKeys):
+        # blocks of one name and rank share at least the key (name, 0, ..., 0)
+        return a.key(0) if a.name == b.name and len(a.shape) == len(b.shape) else None
+    small, big = (a, b) if not isinstance(a, RegularKeys) else (b, a)
+    for k in small.tolist():
+        if big.position(k) >= 0:
+            return k
+    return None
 
 
 def _find_client(by_graph: dict[tuple[str, str], Segment], seg: Segment) -> str:

@@ -136,6 +136,7 @@ class WorkerState:
         self.waiters: dict[int, list[int]] = {}    # missing dependency -> task ids
         self.fetched_users: dict[int, int] = {}    # fetched copy -> local tasks needing it
         self.fetching: set[int] = set()
+        self.running: set[int] = set()             # handed to a thread, not reported yet
         self.running_batches = 0
         self.executed = 0
         self._out: list[WorkerInstruction] = []
@@ -174,7 +175,7 @@ class WorkerState:
         data, ready, tasks = self.data, self.ready, self.tasks
         fetch: dict[int, list[int]] = {}
         for i, tid in enumerate(ids):
-            if tid in tasks or tid in data:
+            if tid in tasks or tid in data or tid in self.running:
                 continue  # already known (a resent batch after a peer was lost)
             deps = dep_ids[ptr[i]:ptr[i + 1]]
             task = _Task(tid, prio[i], ev.runners[i], deps, ev.indices[i])
@@ -198,6 +199,8 @@ class WorkerState:
     def _executed(self, ev: ExecutedEvent) -> None:
         self.running_batches -= 1
         self.data.update(ev.results)
+        self.running.difference_update(ev.results)
+        self.running.difference_update(t for t, _, _ in ev.errors)
         self.executed += len(ev.results) + len(ev.errors)
         if ev.results:
             self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=list(ev.results)))
@@ -260,9 +263,11 @@ class WorkerState:
             batch = []
             while ready and len(batch) < size:
                 _, tid = heapq.heappop(ready)
-                task = tasks.pop(tid, None)
-                if task is None:
-                    continue  # cancelled
+                task = tasks.get(tid)
+                if task is None or task.missing:
+                    continue  # stale entry: cancelled, or sent again and still waiting
+                del tasks[tid]
+                self.running.add(tid)
                 batch.append((tid, task.runner, [data[d] for d in task.deps], task.index))
                 for d in task.deps:
                     if d in self.fetched_users:
