@@ -51,8 +51,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "(default 1)")
     p.add_argument("--workers", type=int, default=2, help="workers (default 2)")
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
-    p.add_argument("-e", "--encoding", default="compact",
-                   help="graph encoding: compact, pickle (default compact)")
+    p.add_argument("-e", "--encoding", action="append",
+                   help="graph encoding: compact, pickle, layers (repeatable: encodings are "
+                        "then compared side by side as backends reference/ENCODING; "
+                        "default compact)")
     p.add_argument("--fuse", action="store_true", help="fuse blockwise layers and linear "
                    "chains before submitting (off by default, so every task runs)")
     p.add_argument("--no-record", action="store_true", help="record no stage spans (wall "
@@ -107,10 +109,11 @@ def _options(args: argparse.Namespace) -> Any:
         raise ValueError("--workers and --threads must be at least 1")
     from scheduler.wire.encodings import ENCODINGS
 
-    if args.encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {args.encoding!r}; choose from "
-                         f"{', '.join(ENCODINGS)}")
-    return RunOptions(workers=args.workers, threads=args.threads, encoding=args.encoding,
+    encodings = list(dict.fromkeys(args.encoding or ["compact"]))
+    for e in encodings:
+        if e not in ENCODINGS:
+            raise ValueError(f"unknown encoding {e!r}; choose from {', '.join(ENCODINGS)}")
+    return RunOptions(workers=args.workers, threads=args.threads, encoding=encodings[0],
                       fuse=args.fuse, record=not args.no_record,
                       scheduler_address=args.scheduler_address, timeout=args.timeout)
 
@@ -152,6 +155,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     else:
         run_dir, stages, runs = run_grid(workloads, sizes, backends, options,
                                          repeats=args.repeats, warmups=args.warmups,
+                                         encodings=list(dict.fromkeys(args.encoding or [])),
                                          run_dir=run_dir, in_process=args.in_process,
                                          timeout=args.timeout, parameters=params)
     if args.json:

@@ -43,9 +43,17 @@ class Cell:
     options: RunOptions = field(default_factory=RunOptions)
     repeats: int = 3
     warmups: int = 1
+    label_encoding: bool = False
+
+    @property
+    def backend_label(self) -> str:
+        """The backend column of the tables: ``reference``, or ``reference/layers`` when one
+        run compares encodings."""
+        return f"{self.backend}/{self.options.encoding}" if self.label_encoding \
+            else self.backend
 
     def label(self) -> str:
-        return f"{self.workload} n={self.n_tasks:,} {self.backend}"
+        return f"{self.workload} n={self.n_tasks:,} {self.backend_label}"
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "options": asdict(self.options)})
@@ -97,7 +105,7 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict
             print(f"[{cell.label()}] {what}: done in {wall:.2f} s", file=stream, flush=True)
             if warm:
                 continue
-            key = {"backend": cell.backend, "workload": cell.workload,
+            key = {"backend": cell.backend_label, "workload": cell.workload,
                    "n_tasks": workload.n_tasks, "repeat": i - cell.warmups}
             out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
@@ -190,6 +198,7 @@ def default_run_dir(root: Path, workloads: list[str], sizes: list[int],
 
 def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
              options: RunOptions, *, repeats: int = 3, warmups: int = 1,
+             encodings: list[str] | None = None,
              run_dir: Path, in_process: bool = False, timeout: float | None = None,
              parameters: dict[str, Any] | None = None, render: bool = True,
              hooks: Any = None) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
@@ -212,22 +221,26 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     merged: dict[str, str] = {}
     described: dict[str, Any] = {}
     workload_params: dict[str, Any] = {}
-    for w in workloads:
-        for n in sizes:
-            for b in backends:
-                cell = Cell(w, n, b, options, repeats, warmups)
-                if in_process or hooks is not None:
-                    res = run_cell(cell, hooks=hooks)
-                else:
-                    res = _run_cell_child(cell, timeout)
-                stages += res["stages"]
-                spans += res["spans"]
-                runs += res["runs"]
-                notes += [f"{b}: {t}" for t in res["notes"] if f"{b}: {t}" not in notes]
-                merged.update(res["merged"])
-                described[b] = res["backend"]
-                for wname, p in res.get("params", {}).items():
-                    workload_params.setdefault(wname, {})[str(n)] = p
+    from dataclasses import replace
+
+    encodings = encodings or [options.encoding]
+    cells = [Cell(w, n, b, replace(options, encoding=e), repeats, warmups,
+                  label_encoding=len(encodings) > 1)
+             for w in workloads for n in sizes for b in backends for e in encodings]
+    for cell in cells:
+        n, b = cell.n_tasks, cell.backend_label
+        if in_process or hooks is not None:
+            res = run_cell(cell, hooks=hooks)
+        else:
+            res = _run_cell_child(cell, timeout)
+        stages += res["stages"]
+        spans += res["spans"]
+        runs += res["runs"]
+        notes += [f"{b}: {t}" for t in res["notes"] if f"{b}: {t}" not in notes]
+        merged.update(res["merged"])
+        described[b] = res["backend"]
+        for wname, p in res.get("params", {}).items():
+            workload_params.setdefault(wname, {})[str(n)] = p
     env = environment()
     meta = {"schema_version": SCHEMA_VERSION, "created_utc": created,
             "parameters": {**(parameters or {}), "workloads": workloads, "sizes": sizes,
@@ -236,7 +249,8 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
                            "backend_details": described},
             "versions": env["versions"], "machine": env["machine"],
             "git_commit": env["git_commit"], "warmups": warmups, "notes": notes,
-            "merged_stages": merged, "reference_backend": backends[0]}
+            "merged_stages": merged, "reference_backend": cells[0].backend_label}
+    meta["parameters"]["encodings"] = encodings
     stages_df, spans_df, runs_df = (pd.DataFrame(stages), pd.DataFrame(spans),
                                     pd.DataFrame(runs))
     run_dir.mkdir(parents=True, exist_ok=True)
