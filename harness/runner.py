@@ -107,7 +107,8 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict
                 continue
             key = {"backend": cell.backend_label, "workload": cell.workload,
                    "n_tasks": workload.n_tasks, "repeat": i - cell.warmups}
-            out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
+            if cell.options.record:  # recording off measured no stage: no stage rows at all
+                out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
             out["runs"].append(run_row(m, key))
             out["notes"] += m.notes
@@ -251,8 +252,14 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
             "git_commit": env["git_commit"], "warmups": warmups, "notes": notes,
             "merged_stages": merged, "reference_backend": cells[0].backend_label}
     meta["parameters"]["encodings"] = encodings
-    stages_df, spans_df, runs_df = (pd.DataFrame(stages), pd.DataFrame(spans),
-                                    pd.DataFrame(runs))
+    from harness.report.schema import RUNS_COLUMNS, SPANS_COLUMNS, STAGES_COLUMNS
+
+    # with recording off there are no spans: the tables still carry their columns
+    stages_df = pd.DataFrame(stages, columns=list(STAGES_COLUMNS)) if not stages else \
+        pd.DataFrame(stages)
+    spans_df = pd.DataFrame(spans, columns=list(SPANS_COLUMNS)) if not spans else \
+        pd.DataFrame(spans)
+    runs_df = pd.DataFrame(runs, columns=list(RUNS_COLUMNS)) if not runs else pd.DataFrame(runs)
     run_dir.mkdir(parents=True, exist_ok=True)
     profile_df = None
     if hooks is not None:
