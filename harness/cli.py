@@ -180,7 +180,7 @@ def _records(df: Any) -> list[dict[str, Any]]:
 
     out = []
     for row in df.astype(object).to_dict(orient="records"):
-        clean = {}
+        clean: dict[str, Any] = {}
         for k, v in row.items():
             if v is None or (isinstance(v, float) and math.isnan(v)) or v is __import__("pandas").NA:
                 clean[k] = None

@@ -143,7 +143,7 @@ def environment() -> dict[str, Any]:
     """Versions and machine facts for meta.json."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("stagecost", "numpy", "pandas", "msgpack", "cloudpickle", "dask",
                 "distributed", "matplotlib", "py-spy"):
         try:

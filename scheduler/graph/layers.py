@@ -460,10 +460,7 @@ class LayerGraph:
                             and dependents.get(dep) == [name] and uses.count(dep) == 1
                             and depth[name] + depth[dep] <= MAX_FUSED_DEPTH):
                         depth[name] += depth[dep]
-                        template = map_placeholders(
-                            template,
-                            lambda p, d=dep, t=src.template: t
-                            if type(p) is BlockArg and p.name == d else p)
+                        template = map_placeholders(template, _substitute(dep, src.template))
                         for d2 in src.dependencies:
                             dependents[d2] = [name if x == dep else x
                                               for x in dependents.get(d2, [])]
@@ -473,6 +470,15 @@ class LayerGraph:
             if template is not layer.template:
                 layers[name] = Blockwise(name, layer.out_shape, template)
         return LayerGraph(layers.values()) if fused_any else self
+
+
+def _substitute(name: str, template: Any) -> Callable[[Any], Any]:
+    """A placeholder mapper putting ``template`` where ``BlockArg(name)`` stands."""
+
+    def fn(p: Any) -> Any:
+        return template if type(p) is BlockArg and p.name == name else p
+
+    return fn
 
 
 MAX_FUSED_DEPTH = 64

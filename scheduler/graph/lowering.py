@@ -79,7 +79,7 @@ def reduction_structure(name: str, split_every: int, src: Placed, start: int,
     if m == 0:
         raise GraphError(f"layer {name!r} reduces an empty layer {input_name!r}")
     prev_off = src.offset
-    out = []
+    out: list[Structure] = []
     off = start
     sizes = reduction_levels(m, split_every)
     for level, size in enumerate(sizes):
@@ -123,7 +123,7 @@ def shuffle_structure(name: str, max_branch: int, src: Placed, start: int,
                          f"shuffle needs a 1-d layer")
     n = src.shape[0]
     s, k = shuffle_plan(n, max_branch)
-    out = []
+    out: list[Structure] = []
     prev_off = src.offset
     off = start
     for t, (n_split, n_comb) in enumerate(shuffle_stage_sizes(n, max_branch)):
@@ -152,7 +152,7 @@ def explicit_structure(keys: ExplicitKeys, deps: Sequence[Sequence[Key]], start:
     pos = keys._pos
     ptr = [0]
     idx: list[int] = []
-    missing: dict[Key, Key] = {}
+    missing: dict[object, object] = {}
     for key, dks in zip(keys.keys, deps, strict=True):
         for d in dks:
             p = pos.get(d)

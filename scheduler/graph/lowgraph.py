@@ -112,8 +112,10 @@ class TaskGraph:
         self.external = [check_key(k) for k in external]
         self._ext_pos = {k: i for i, k in enumerate(self.external)}
         if len(self._ext_pos) != len(self.external):
-            seen: set[Key] = set()
-            raise DuplicateKeyError([k for k in self.external if k in seen or seen.add(k)])
+            counts: dict[Key, int] = {}
+            for k in self.external:
+                counts[k] = counts.get(k, 0) + 1
+            raise DuplicateKeyError([k for k, c in counts.items() if c > 1])
         self._by_name: dict[str, list[int]] = {}
         for gi, g in enumerate(self.groups):
             for name in g.keys.names():
@@ -240,10 +242,10 @@ class TaskGraph:
             if len(ndims) != len(set(ndims)):
                 b = next(b for b in regular if ndims.count(len(b.shape)) > 1)
                 raise DuplicateKeyError([b.key(0)])
-            dups = []
-            for i, b in enumerate(blocks):
-                if isinstance(b, ExplicitKeys):
-                    for k in b.keys:
+            dups: list[Key] = []
+            for i, blk in enumerate(blocks):
+                if isinstance(blk, ExplicitKeys):
+                    for k in blk.keys:
                         if any(o.position(k) >= 0 for j, o in enumerate(blocks) if j != i):
                             dups.append(k)
             if dups:

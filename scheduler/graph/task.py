@@ -31,10 +31,12 @@ class _Placeholder:
     __slots__ = ()
 
     def _fields(self) -> tuple:
-        return tuple(getattr(self, s) for s in self.__slots__)  # type: ignore[attr-defined]
+        names: tuple[str, ...] = self.__slots__
+        return tuple(getattr(self, s) for s in names)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._fields() == self._fields()  # type: ignore[attr-defined]
+        return isinstance(other, _Placeholder) and type(other) is type(self) \
+            and other._fields() == self._fields()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._fields()))

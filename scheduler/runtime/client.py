@@ -175,12 +175,12 @@ class Client:
             err = ConnectionError(f"lost the connection to the scheduler at {self.address}: "
                                   f"{e}")
             for p in self._pending.values():
-                for f in (p.accepted, p.finished):
-                    if not f.done():
-                        f.set_exception(err)
-            for _, f in self._replies:
-                if not f.done():
-                    f.set_exception(err)
+                for pf in (p.accepted, p.finished):
+                    if not pf.done():
+                        pf.set_exception(err)
+            for _, rf in self._replies:
+                if not rf.done():
+                    rf.set_exception(err)
 
     def _on_message(self, msg: Message) -> None:
         op = msg.op
@@ -215,13 +215,14 @@ class Client:
         elif op == "peers":
             self.peers = {int(k): v for k, v in msg["peers"].items()}
         elif op in ("spans", "info", "bye", "error"):
-            for i, (want, f) in enumerate(self._replies):
+            for i, (want, reply) in enumerate(self._replies):
                 if want == op or op == "error":
                     del self._replies[i]
                     if op == "error":
-                        f.set_exception(RuntimeError(f"the scheduler says: {msg['reason']}"))
+                        reply.set_exception(RuntimeError(
+                            f"the scheduler says: {msg['reason']}"))
                     else:
-                        f.set_result(msg)
+                        reply.set_result(msg)
                     break
         elif op == "close":
             pass

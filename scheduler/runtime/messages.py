@@ -56,7 +56,7 @@ def pack(op: str, fields: Mapping[str, Any] | None = None,
             if a.dtype.str not in _DTYPES:
                 a = a.astype(np.int64)
             spec[name] = [a.dtype.str, len(payloads) + 1]
-            payloads.append(memoryview(a).cast("B") if a.size else b"")
+            payloads.append(a.data.cast("B") if a.size else b"")
         header["_a"] = spec
     if blobs:
         header["_b"] = [len(payloads) + 1, len(blobs)]

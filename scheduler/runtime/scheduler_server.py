@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,7 +396,8 @@ class SchedulerServer:
                 worker.comm.post_msg(op, fields, arrays)
 
     def _to_client(self, cid: str, op: str, fields: dict[str, Any],
-                   arrays: dict[str, Any] | None = None, blobs: list[bytes] = ()) -> None:
+                   arrays: dict[str, Any] | None = None,
+                   blobs: Sequence[bytes] = ()) -> None:
         comm = self.clients.get(cid)
         if comm is not None:
             with contextlib.suppress(CommClosedError):

@@ -260,7 +260,7 @@ class WorkerState:
         ready, tasks, data = self.ready, self.tasks, self.data
         while self.running_batches < self.nthreads and ready:
             size = min(self.max_batch, len(ready) // self.nthreads + 1)
-            batch = []
+            batch: list[tuple[int, Callable[[list, tuple], Any], list, tuple]] = []
             while ready and len(batch) < size:
                 _, tid = heapq.heappop(ready)
                 task = tasks.get(tid)
