@@ -28,6 +28,16 @@ class CommClosedError(ConnectionError):
     """The peer went away (or this side closed the connection)."""
 
 
+def token_ok(given: object, expected: str) -> bool:
+    """Constant-time comparison of a peer's token with ours (any text, compared as UTF-8)."""
+    import hmac
+
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                               expected.encode("utf-8", "surrogatepass"))
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """``tcp://HOST:PORT`` -> (host, port); raises ValueError with what was wrong."""
     if not isinstance(address, str) or not address.startswith("tcp://"):

@@ -71,8 +71,24 @@ def unpack(frames: Sequence[BytesLike]) -> Message:
     op = header.pop("op", None)
     if not isinstance(op, str):
         raise WireError(f"the peer sent a message without an operation name: {op!r}")
+    try:
+        return _unpack(op, header, frames)
+    except WireError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise WireError(f"message {op!r} has a malformed layout: {type(e).__name__}: {e}"
+                        ) from None
+
+
+def _unpack(op: str, header: dict[str, Any], frames: Sequence[BytesLike]) -> Message:
     arrays = {}
-    for name, (dtype, no) in header.pop("_a", {}).items():
+    spec = header.pop("_a", {})
+    if not isinstance(spec, dict):
+        raise WireError(f"message {op!r}: the array table is not a map")
+    for name, entry in spec.items():
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise WireError(f"message {op!r}: bad array entry {name!r}")
+        dtype, no = entry
         if dtype not in _DTYPES or not isinstance(no, int) or not 0 < no < len(frames):
             raise WireError(f"message {op!r}: bad array {name!r} ({dtype!r}, frame {no!r})")
         buf = frames[no]
@@ -83,7 +99,10 @@ def unpack(frames: Sequence[BytesLike]) -> Message:
         arrays[name] = np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype)
     blobs: list[BytesLike] = []
     if "_b" in header:
-        first, count = header.pop("_b")
+        b = header.pop("_b")
+        if not isinstance(b, list | tuple) or len(b) != 2:
+            raise WireError(f"message {op!r}: bad blob range {b!r}")
+        first, count = b
         if not (isinstance(first, int) and isinstance(count, int) and first >= 1
                 and first + count <= len(frames)):
             raise WireError(f"message {op!r}: bad blob range {first!r}+{count!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import itertools
 import os
 import signal
@@ -50,7 +49,7 @@ from ..state.scheduler import SchedulerConfig, SchedulerState
 from ..wire.encodings import WireGraph, decode_graph
 from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
-from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve
+from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
 from .dispatch import compute_message, graph_def_message
 from .messages import Message
 
@@ -145,7 +144,7 @@ class SchedulerServer:
             return
         if self.auth_token is not None:
             token = hello.fields.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(token, self.auth_token):
+            if not token_ok(token, self.auth_token):
                 comm.post_msg("error", {"reason": "authentication failed: wrong or missing "
                                                   "token"})
                 return
@@ -175,6 +174,8 @@ class SchedulerServer:
         try:
             nthreads = int(hello["nthreads"])
             address = str(hello["address"])
+            if nthreads < 1:
+                raise ValueError(f"nthreads must be at least 1, got {nthreads}")
         except (WireError, TypeError, ValueError) as e:
             comm.post_msg("error", {"reason": f"bad worker greeting: {e}"})
             return
@@ -275,7 +276,9 @@ class SchedulerServer:
     def _on_graph(self, cid: str, comm: Comm, msg: Message) -> None:
         received = now_ns()
         graph_id = str(msg["graph_id"])
-        sent = int(msg.fields.get("sent_ns", received))
+        sent = msg.fields.get("sent_ns", received)
+        if type(sent) is not int:
+            sent = received  # not a time: no communicate span for this message
         nbytes = sum(len(b) for b in msg.blobs)
         if sent <= received:
             self.recorder.record(Stage.communicate, sent, received, nbytes=nbytes, messages=1)
@@ -290,7 +293,8 @@ class SchedulerServer:
             event = GraphSubmittedEvent(stimulus_id=self._sid("graph"), client=cid,
                                         graph_id=graph_id, graph=wire.graph, outputs=outputs)
             ins = self.state.handle(event, schedule=False)
-            seg = self.state.graph(cid, graph_id)
+            rejected = any(isinstance(i, GraphRejected) for i in ins)
+            seg = None if rejected else self.state.graph(cid, graph_id)
             if seg is not None:
                 self.functions[seg.sid] = wire.functions
                 # when the scheduler chose the output ids (layers), the client learns them

@@ -44,7 +44,7 @@ from ..state.worker import (
 from ..wire.encodings import SpecLoadError
 from ..wire.frames import WireError
 from .clocks import clock_identity, estimate_offset, now_ns
-from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve
+from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve, token_ok
 from .dispatch import GraphCatalog
 from .messages import Message
 
@@ -257,8 +257,9 @@ class WorkerServer:
             elif isinstance(ins, FetchData):
                 self._spawn(self._fetch(ins.peer, ins.ids))
             elif isinstance(ins, ReportErred) and sched is not None:
+                blob = ins.error or dumps_error(TypeError(ins.text))[0]
                 with contextlib.suppress(CommClosedError):
-                    sched.post_msg("erred", {"id": ins.id, "text": ins.text}, blobs=[ins.error])
+                    sched.post_msg("erred", {"id": ins.id, "text": ins.text}, blobs=[blob])
             elif isinstance(ins, ReportDataLost) and sched is not None:
                 with contextlib.suppress(CommClosedError):
                     sched.post_msg("data-lost", {"id": ins.id},
@@ -302,6 +303,7 @@ class WorkerServer:
         address = self.peers.get(peer)
         values: dict[int, Any] = {}
         missing = list(ids)
+        bad: dict[int, str] = {}
         if address is not None:
             try:
                 if address == self.address:
@@ -318,18 +320,21 @@ class WorkerServer:
                     with self.recorder.span(Stage.execute, tasks=len(ids), nbytes=nbytes,
                                             messages=1):
                         values = pickle.loads(reply.blobs[0]) if reply.blobs else {}
-                missing = [i for i in ids if i not in values]
+                    raw = reply.fields.get("unserializable") or {}
+                    bad = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) \
+                        else {}
+                missing = [i for i in ids if i not in values and i not in bad]
             except (CommClosedError, WireError, TimeoutError, OSError):
                 self._peer_comms.pop(address, None)
         if not self._done.is_set():
             self._handle(DataFetchedEvent(stimulus_id="fetched", peer=peer, values=values,
-                                          missing=missing))
+                                          missing=missing, unserializable=bad))
 
     async def _on_peer(self, comm: Comm) -> None:
         """Serve ``get-data`` to other workers and to clients gathering results."""
         try:
             hello = await asyncio.wait_for(comm.recv(), 10)
-            if self.auth_token and hello.fields.get("token") != self.auth_token:
+            if self.auth_token and not token_ok(hello.fields.get("token"), self.auth_token):
                 comm.post_msg("error", {"reason": "authentication failed"})
                 return
             while True:
@@ -345,8 +350,11 @@ class WorkerServer:
                     sp.nbytes = len(blob)
                 comm.post_msg("data", {"unserializable": {str(k): v for k, v in bad.items()}},
                               blobs=[blob])
-        except (CommClosedError, WireError, TimeoutError):
+        except (CommClosedError, TimeoutError):
             return
+        except (WireError, TypeError, ValueError) as e:  # the peer's fault: tell it, hang up
+            with contextlib.suppress(CommClosedError):
+                comm.post_msg("error", {"reason": f"malformed request: {e}"})
 
 
 async def _main_async(args: argparse.Namespace) -> None:

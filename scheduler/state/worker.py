@@ -63,6 +63,9 @@ class DataFetchedEvent(WorkerEvent):
     peer: int
     values: dict[int, Any]
     missing: list[int] = field(default_factory=list)
+    unserializable: dict[int, str] = field(default_factory=dict)
+    """Results the peer holds but could not serialise: ``{id: reason}``; the tasks that need
+    them fail with that reason (recomputing would fail the same way)."""
 
 
 @dataclass(**_DC)
@@ -100,6 +103,9 @@ class ReportFinished(WorkerInstruction):
 
 @dataclass(**_DC)
 class ReportErred(WorkerInstruction):
+    """Task ``id`` failed. ``error`` is the pickled exception, or empty when the failure was
+    found here (then the runtime builds one from ``text``)."""
+
     id: int
     error: bytes
     text: str
@@ -220,6 +226,16 @@ class WorkerState:
                     task.missing -= 1
                     if task.missing == 0:
                         heapq.heappush(self.ready, (task.priority, tid))
+        for d, reason in ev.unserializable.items():
+            self.fetching.discard(d)
+            for tid in self.waiters.pop(d, ()):
+                if tid in self.tasks:
+                    self._drop(tid)
+                    self._out.append(ReportErred(
+                        stimulus_id=self._stimulus, id=tid, error=b"",
+                        text=f"TypeError: the result of task id {d}, a dependency of this "
+                             f"task, could not be serialised to send it between workers: "
+                             f"{reason}"))
         lost: dict[int, list[int]] = {}
         for d in ev.missing:
             self.fetching.discard(d)
