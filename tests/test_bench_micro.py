@@ -122,3 +122,68 @@ def test_run_single_dep_template(benchmark):
     run = compile_spec(Task(inc, DepSlot(0)))
     out = benchmark(lambda: [run((i,), ()) for i in range(RUNS)])
     assert out == list(range(1, RUNS + 1))
+
+
+# --- serialize / dispatch / schedule -----------------------------------------------------
+
+def _running_state(n: int = 20_000):
+    """A scheduler state with a 2-worker cluster and an elementwise graph handed out."""
+    from harness.workloads import build
+    from scheduler.state.events import GraphSubmittedEvent, SendTasks, WorkerAddedEvent
+    from scheduler.state.scheduler import SchedulerState
+    from scheduler.wire.encodings import decode_graph, encode_graph
+
+    w = build("elementwise", n)
+    g = w.lower()
+    state = SchedulerState()
+    state.handle(WorkerAddedEvent(stimulus_id="a", worker=0, nthreads=1),
+                 WorkerAddedEvent(stimulus_id="b", worker=1, nthreads=1))
+    wire = decode_graph(encode_graph(g, "compact"))
+    out = state.handle(GraphSubmittedEvent(stimulus_id="g", client="c", graph_id="g",
+                                           graph=wire.graph, outputs=g.ids_of(w.outputs)))
+    sends = [i for i in out if isinstance(i, SendTasks)]
+    return state, sends
+
+
+@pytest.mark.benchmark(group="serialize")
+def test_encode_compact_graph(benchmark):
+    from harness.workloads import build
+    from scheduler.wire.encodings import encode_graph
+
+    g = build("elementwise", 100_000).lower()
+    frames = benchmark(encode_graph, g, "compact")
+    assert sum(len(f) for f in frames) < 40 * g.n
+
+
+@pytest.mark.benchmark(group="dispatch")
+def test_encode_a_task_batch(benchmark):
+    """``compute_message`` for one batch the scheduler hands a worker."""
+    from scheduler.runtime.dispatch import compute_message
+    from scheduler.runtime.messages import unpack
+
+    state, sends = _running_state()
+    frames = benchmark(compute_message, state, sends[0])
+    msg = unpack(frames)
+    assert msg.op == "compute" and len(msg.array("ids")) == len(sends[0].ids)
+
+
+@pytest.mark.benchmark(group="schedule")
+def test_one_finished_task_and_its_transitions(benchmark):
+    """One task reported finished: processing -> memory, its dependent waiting -> ready ->
+    processing (one batch of transitions each), on a running 20,000-task graph."""
+    import numpy as np
+
+    from scheduler.state.events import SendTasks, TasksFinishedEvent
+
+    def setup():
+        state, sends = _running_state()
+        first = sends[0]
+        ev = TasksFinishedEvent(stimulus_id="f", worker=first.worker,
+                                ids=np.asarray(first.ids[:1]))
+        return (state, ev), {}
+
+    def finish(state, ev):
+        return state.handle(ev)
+
+    out = benchmark.pedantic(finish, setup=setup, rounds=20)
+    assert any(isinstance(i, SendTasks) for i in out)  # the dependent was handed out
