@@ -274,15 +274,20 @@ class WorkerServer:
                   file=sys.stderr)
             return
         results, errors = fut.result()
-        self._handle(ExecutedEvent(stimulus_id="executed", results=results, errors=errors))
+        # reporting back (execute): storing results, starting the next batches, queueing
+        # the report
+        with self.recorder.span(Stage.execute, tasks=0):
+            self._handle(ExecutedEvent(stimulus_id="executed", results=results,
+                                       errors=errors))
 
     def _flush_finished(self) -> None:
         self._flush_pending = False
         ids, self._finished = self._finished, []
         if ids and self._scheduler is not None:
-            with contextlib.suppress(CommClosedError):
-                self._scheduler.post_msg("finished", {},
-                                         {"ids": np.asarray(ids, dtype=np.int64)})
+            with contextlib.suppress(CommClosedError), \
+                    self.recorder.span(Stage.execute, messages=1) as sp:
+                sp.nbytes = self._scheduler.post_msg("finished", {},
+                                                     {"ids": np.asarray(ids, dtype=np.int64)})
 
     # --- data between workers -------------------------------------------------------------------
 
