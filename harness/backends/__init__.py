@@ -13,6 +13,10 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "Measurement", "RunOptions", "
 BACKENDS = MappingProxyType({
     "reference": "harness.backends.reference:ReferenceBackend",
     "reference-inproc": "harness.backends.reference:InprocBackend",
+    "dask-distributed": "harness.backends.dask_backends:DistributedBackend",
+    "dask-threads": "harness.backends.dask_backends:ThreadsBackend",
+    "dask-processes": "harness.backends.dask_backends:ProcessesBackend",
+    "dask-sync": "harness.backends.dask_backends:SyncBackend",
 })
 """Backend name -> "module:class"."""
 
