@@ -384,3 +384,26 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path: Path, args: lis
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stdout.strip() == ""
     assert not (tmp_path / "reports").exists()  # nothing was run
+
+
+@pytest.mark.cluster
+def test_profile_writes_speedscope_with_samples_and_an_attribution(tmp_path) -> None:
+    """``stagecost profile`` on a small run: every profiled process leaves a speedscope file
+    with samples, and the run's profile_stages.csv attributes samples to stages."""
+    import pandas as pd
+
+    out = tmp_path / "prof"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "profile", "-w", "elementwise", "-n", "20000",
+         "-r", "1", "--warmups", "0", "--role", "scheduler", "--rate", "500", "-o", str(out)],
+        capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted((out / "profiles").glob("*.speedscope.json"))
+    assert files
+    doc = json.loads(files[0].read_text())
+    assert sum(len(p["samples"]) for p in doc["profiles"]) > 0
+    table = pd.read_csv(out / "profile_stages.csv")
+    assert (table["self_samples"] > 0).any()
+    assert set(table["stage"]) & {"update_graph", "schedule", "dispatch", "execute"}
+    meta = json.loads((out / "meta.json").read_text())
+    assert 0 < meta["profile"]["attributed_share"] <= 1
