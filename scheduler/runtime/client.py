@@ -289,13 +289,7 @@ class Client:
             sp.nbytes = nbytes
         self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": now_ns() + self.offset_ns,
                                       "encoding": "layers"}, None, frames)
-        try:
-            await p.accepted
-            await p.finished
-            values = await self._gather_pending(p)
-        finally:
-            if release:
-                self._release(graph_id)
+        values = await self._results(graph_id, p, release)
         return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 
     async def _submit(self, graph: TaskGraph, outputs: list[Key], encoding: str
@@ -323,14 +317,19 @@ class Client:
         t_submit = now_ns()
         graph_id, p, nbytes = await self._submit(graph, outputs, encoding)
         p.progress = progress
+        values = await self._results(graph_id, p, release)
+        return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
+
+    async def _results(self, graph_id: str, p: _Pending, release: bool) -> dict[Key, Any]:
+        """Wait until the graph is accepted and done, gather its outputs, release it (also
+        when anything fails, so that the cluster forgets it)."""
         try:
             await p.accepted
             await p.finished
-            values = await self._gather_pending(p)
+            return await self._gather_pending(p)
         finally:
             if release:
                 self._release(graph_id)
-        return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 
     async def _gather_pending(self, p: _Pending) -> dict[Key, Any]:
         want = (p.out_ids + p.base).tolist()
