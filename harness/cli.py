@@ -1,4 +1,5 @@
-"""``stagecost``: one command, hyphen-free subcommands, exit codes 0 ok / 1 error / 2 regression.
+"""``stagecost``: one command, hyphen-free subcommands, exit codes 0 ok / 1 error / 2 regression
+/ 3 incomplete (the report was written, but some configurations were abandoned).
 
   stagecost run       run workloads on backends, write a run folder with its report
   stagecost profile   the same under py-spy, with samples attributed to stages
@@ -21,6 +22,7 @@ __all__ = ["main"]
 
 DEFAULT_WORKLOADS = ["elementwise", "reduction"]
 DEFAULT_SIZES = [10_000, 100_000]
+EXIT_INCOMPLETE = 3  # the report was written, but some configurations have no result
 
 
 def _size(text: str) -> int:
@@ -61,6 +63,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "time only; what speed comparisons use)")
     p.add_argument("--scheduler-address", default=None,
                    help="use an existing cluster at tcp://HOST:PORT instead of starting one")
+    p.add_argument("--dask-config", action="append", metavar="KEY=VALUE", default=[],
+                   help="Dask setting for the Dask backends' runs and the clusters they "
+                        "start (repeatable), e.g. distributed.scheduler.worker-saturation=inf"
+                        "; default: Dask's own configuration")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="run folder (default reports/<time>-<workload>-<n>-<backend>)")
     p.add_argument("--timeout", type=float, default=None,
@@ -113,9 +119,14 @@ def _options(args: argparse.Namespace) -> Any:
     for e in encodings:
         if e not in ENCODINGS:
             raise ValueError(f"unknown encoding {e!r}; choose from {', '.join(ENCODINGS)}")
+    if args.dask_config:
+        from harness.backends.dask_backends import parse_dask_config
+
+        parse_dask_config(args.dask_config)  # refuse typos before anything runs
     return RunOptions(workers=args.workers, threads=args.threads, encoding=encodings[0],
                       fuse=args.fuse, record=not args.no_record,
-                      scheduler_address=args.scheduler_address, timeout=args.timeout)
+                      scheduler_address=args.scheduler_address, timeout=args.timeout,
+                      dask_config=tuple(args.dask_config))
 
 
 def _grid(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], Path]:
@@ -171,7 +182,11 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     else:
         print(_summary_text(stages, runs))
         print(f"\nreport: {run_dir / 'report.html'}  (and report.md)")
-    return 0
+    failed = json.loads((run_dir / "meta.json").read_text()).get("failed_cells") or []
+    for f in failed:
+        print(f"stagecost {params['command']}: {f['cell']} has no result: {f['error']}",
+              file=sys.stderr)
+    return EXIT_INCOMPLETE if failed else 0
 
 
 def _records(df: Any) -> list[dict[str, Any]]:

@@ -32,7 +32,11 @@ from harness.backends.base import RunOptions
 from harness.measure import run_row, span_rows, stage_rows
 from harness.workloads import build
 
-__all__ = ["Cell", "default_run_dir", "environment", "run_cell", "run_grid"]
+ENCODED_BACKENDS = frozenset({"reference", "reference-inproc"})
+"""Backends that take a graph encoding (``-e``); Dask backends pickle as Dask does, so they
+run once whatever ``-e`` lists."""
+
+__all__ = ["ENCODED_BACKENDS", "Cell", "default_run_dir", "environment", "run_cell", "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class Cell:
     @classmethod
     def from_json(cls, text: str) -> Cell:
         d = json.loads(text)
-        return cls(**{**d, "options": RunOptions(**d["options"])})
+        opts = d["options"]
+        opts["dask_config"] = tuple(opts.get("dask_config", ()))
+        return cls(**{**d, "options": RunOptions(**opts)})
 
 
 class _Progress:
@@ -226,14 +232,22 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
 
     encodings = encodings or [options.encoding]
     cells = [Cell(w, n, b, replace(options, encoding=e), repeats, warmups,
-                  label_encoding=len(encodings) > 1)
-             for w in workloads for n in sizes for b in backends for e in encodings]
+                  label_encoding=len(encodings) > 1 and b in ENCODED_BACKENDS)
+             for w in workloads for n in sizes for b in backends
+             for e in (encodings if b in ENCODED_BACKENDS else encodings[:1])]
+    failed: list[dict[str, str]] = []
     for cell in cells:
         n, b = cell.n_tasks, cell.backend_label
         if in_process or hooks is not None:
             res = run_cell(cell, hooks=hooks)
         else:
-            res = _run_cell_child(cell, timeout)
+            try:
+                res = _run_cell_child(cell, timeout)
+            except (TimeoutError, RuntimeError) as e:  # keep the other cells' results
+                print(f"[{cell.label()}] abandoned: {e}", file=sys.stderr, flush=True)
+                failed.append({"cell": cell.label(), "error": str(e)})
+                notes.append(f"{b}: {cell.workload} n={n:,} has no result: {e}")
+                continue
         stages += res["stages"]
         spans += res["spans"]
         runs += res["runs"]
@@ -242,8 +256,10 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
         described[b] = res["backend"]
         for wname, p in res.get("params", {}).items():
             workload_params.setdefault(wname, {})[str(n)] = p
+    if failed and len(failed) == len(cells):
+        raise RuntimeError("no configuration finished: " + "; ".join(f["error"] for f in failed))
     env = environment()
-    meta = {"schema_version": SCHEMA_VERSION, "created_utc": created,
+    meta = {"failed_cells": failed, "schema_version": SCHEMA_VERSION, "created_utc": created,
             "parameters": {**(parameters or {}), "workloads": workloads, "sizes": sizes,
                            "backends": backends, "repeats": repeats,
                            "options": asdict(options), "workload_shapes": workload_params,

@@ -35,6 +35,7 @@ class RunOptions:
     record: bool = True
     scheduler_address: str | None = None
     timeout: float | None = None
+    dask_config: tuple[str, ...] = ()   # "key=value" settings for the clusters Dask backends start
 
 
 @dataclass

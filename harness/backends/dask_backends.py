@@ -79,8 +79,71 @@ def _clock(record: bool, role: str = "client") -> plug.StageClock:
     return plug.StageClock(role) if record else plug.StageClock(role, accept=lambda t: False)
 
 
+def parse_dask_config(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` as a Dask config mapping; values are read as int, float
+    (``inf`` too), ``true``/``false``/``null``, else kept as strings. Unknown keys (typos)
+    are refused: Dask would silently ignore them."""
+    import dask.config
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ValueError(f"Dask config setting {item!r} is not KEY=VALUE (e.g. "
+                             f"distributed.scheduler.worker-saturation=inf)")
+        if key.startswith("distributed."):
+            import distributed  # noqa: F401 - loads distributed's defaults into dask.config
+        try:
+            dask.config.get(key)
+        except KeyError:
+            raise ValueError(f"unknown Dask config key {key!r}") from None
+        out[key] = _config_value(text)
+    return out
+
+
+def _config_value(text: str) -> Any:
+    words = {"true": True, "false": False, "null": None, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 class _DaskBackend(Backend):
-    """What every Dask backend does on the client: generate and optimise."""
+    """What every Dask backend does on the client: generate and optimise. Settings of
+    ``options.dask_config`` hold from ``start`` to ``close`` in this process; clusters
+    started meanwhile inherit them (a Nanny hands its config to the worker it spawns);
+    dask-processes' pool children do not (they run tasks only)."""
+
+    def __init__(self, options: RunOptions) -> None:
+        super().__init__(options)
+        try:
+            self.config = parse_dask_config(options.dask_config)
+        except ValueError as e:
+            raise BackendError(str(e)) from e
+        self._config_set: Any = None
+
+    def _apply_config(self) -> None:
+        import dask.config
+
+        if self.config and self._config_set is None:
+            self._config_set = dask.config.set(self.config)
+
+    def _restore_config(self) -> None:
+        undo, self._config_set = self._config_set, None
+        if undo is not None:
+            undo.__exit__(None, None, None)
+
+    def start(self) -> None:
+        self._apply_config()
+
+    def close(self) -> None:
+        self._restore_config()
 
     def _client_stages(self, workload: Workload, clock: plug.StageClock
                        ) -> tuple[Any, list[Any]]:
@@ -103,7 +166,8 @@ class _DaskBackend(Backend):
 
         return {"name": self.name, "dask": metadata.version("dask"),
                 "workers": self.options.workers, "threads": self.options.threads,
-                "optimisation": "Dask defaults (blockwise and linear fusion on)"}
+                "optimisation": "Dask defaults (blockwise and linear fusion on)",
+                "dask_config": list(self.options.dask_config) or "Dask defaults"}
 
 
 # --- dask-distributed ------------------------------------------------------------------------
@@ -130,6 +194,11 @@ class DistributedBackend(_DaskBackend):
         from distributed import Client, LocalCluster
 
         opts = self.options
+        if opts.scheduler_address and self.config:
+            raise BackendError("--dask-config applies to clusters stagecost starts; set it "
+                               "in the configuration of the cluster at "
+                               f"{opts.scheduler_address} instead")
+        self._apply_config()
         try:
             if opts.scheduler_address:
                 self.client = Client(opts.scheduler_address, timeout="30s")
@@ -338,6 +407,7 @@ class DistributedBackend(_DaskBackend):
             if self.cluster is not None:
                 self.cluster.close()
                 self.cluster = None
+            self._restore_config()
 
 
 # --- the local schedulers ----------------------------------------------------------------------
@@ -450,6 +520,8 @@ class ProcessesBackend(_LocalBackend):
 
         import dask.multiprocessing as dmp
 
+        self._apply_config()
+
         n = self.options.workers
         try:
             self.pool = ProcessPoolExecutor(
@@ -521,3 +593,4 @@ class ProcessesBackend(_LocalBackend):
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self._restore_config()

@@ -196,7 +196,8 @@ def validate_meta(meta: object, source: str = META_FILE) -> dict[str, Any]:
     Required: ``schema_version`` (== 1), ``created_utc`` (ISO 8601 text), ``parameters``,
     ``versions``, ``machine`` (objects), ``git_commit`` (text or null), ``warmups`` (int >= 0),
     ``notes`` (list of text). Optional: ``merged_stages`` ({"a+b": why}), ``profile``
-    ({attributed_share: 0..1, samples: int, errors: int}), ``reference_backend`` (text).
+    ({attributed_share: 0..1, samples: int, errors: int}), ``reference_backend`` (text),
+    ``failed_cells`` ([{cell, error}]: configurations abandoned, whose rows are absent).
     """
     if not isinstance(meta, dict):
         raise fail(source, "is not a JSON object", "Write a JSON object at top level")
