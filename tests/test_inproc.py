@@ -145,3 +145,35 @@ def test_cluster_stays_usable_after_a_task_error() -> None:
 def test_run_with_no_outputs_returns_no_results() -> None:
     graph = TaskGraph.from_dict({"lonely": Task(inc, 1)})
     assert InProcessCluster(n_workers=2).run(graph, []).results == {}
+
+
+def test_batches_handed_out_before_an_error_still_finish(monkeypatch) -> None:
+    """One-task batches leave work handed to the workers when the error surfaces; the run
+    lets it finish, so the workers take the next graph (they used to stall)."""
+    import scheduler.runtime.inproc as inproc
+
+    monkeypatch.setattr(inproc, "batch_size", lambda n_tasks, elapsed_ns: 1)
+    cluster = InProcessCluster(n_workers=2)
+    for ws in cluster.workers:
+        ws.max_batch = 1
+    with pytest.raises(ValueError):
+        cluster.run(failing_graph(), ["total"])
+    assert [ws.running_batches for ws in cluster.workers] == [0, 0]
+    w = build("elementwise", 1_000)
+    assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
+
+
+@pytest.mark.parametrize(("n_tasks", "elapsed_ns", "expected"), [
+    (0, 0, 8),                  # nothing measured yet: the first batch's size
+    (256, 2_560_000, 500),      # 10 us per task: 5 ms worth
+    (100, 0, 1024),             # too fast to time: the largest batch
+    (10, 1_000_000, 50),        # 100 us per task
+    (1, 2_000_000_000, 1),      # a 2 s task: one at a time
+    (4, 1_000, 1024),           # 0.25 us per task: capped
+])
+def test_worker_batches_aim_at_a_few_milliseconds(n_tasks: int, elapsed_ns: int,
+                                                  expected: int) -> None:
+    from scheduler.runtime.worker import BATCH_SECONDS, FIRST_BATCH, MAX_BATCH, batch_size
+
+    assert (BATCH_SECONDS, FIRST_BATCH, MAX_BATCH) == (0.005, 8, 1024)
+    assert batch_size(n_tasks, elapsed_ns) == expected

@@ -51,7 +51,7 @@ from ..wire.frames import pack_frames
 from .clocks import now_ns
 from .dispatch import GraphCatalog, compute_message, graph_def_message
 from .messages import unpack
-from .worker import _run_batch
+from .worker import FIRST_BATCH, _run_batch, batch_size
 
 __all__ = ["InProcessCluster", "InprocResult"]
 
@@ -72,7 +72,7 @@ class InProcessCluster:
         self.state = SchedulerState(config)
         self.client_rec = SpanRecorder("client", enabled=record)
         self.sched_rec = SpanRecorder("scheduler", enabled=record)
-        self.workers = [WorkerState(nthreads) for _ in range(n_workers)]
+        self.workers = [WorkerState(nthreads, max_batch=FIRST_BATCH) for _ in range(n_workers)]
         self.catalogs = [GraphCatalog() for _ in range(n_workers)]
         self.worker_recs = [SpanRecorder(f"worker-{i}", enabled=record)
                             for i in range(n_workers)]
@@ -124,10 +124,13 @@ class InProcessCluster:
         try:
             results = self._drive(ins, seg, outputs, out_ids)
         finally:
-            # release whatever happened (an error must not leave the graph's keys live)
-            self._jobs.clear()
+            # release whatever happened (an error must not leave the graph's keys live), then
+            # let the batches already handed to workers finish as a real worker would: a
+            # worker whose batch never ends would think its thread busy for ever
             self._apply(self.state.handle(ClientReleasedKeysEvent(
                 stimulus_id="release", client="inproc", graph_id=graph_id)))
+            while self._jobs:
+                self._apply(self._step())
         return InprocResult(results, t_submit, now_ns(), nbytes)
 
     def _drive(self, ins: list[Instruction], seg: Any, outputs: list[Key],
@@ -209,7 +212,8 @@ class InProcessCluster:
         finished: list[int] = []
         for ins in instructions:
             if isinstance(ins, Execute):
-                results, errors = _run_batch(ins.tasks, self.worker_recs[w])
+                results, errors, elapsed_ns = _run_batch(ins.tasks, self.worker_recs[w])
+                ws.max_batch = batch_size(len(results) + len(errors), elapsed_ns)
                 self._worker_do(w, ws.handle(ExecutedEvent(stimulus_id="ran", results=results,
                                                            errors=errors)))
             elif isinstance(ins, FetchData):

@@ -54,6 +54,14 @@ REPORT_INTERVAL = 0.002
 """Seconds finished tasks may wait to be reported together (fewer, bigger messages)."""
 REPORT_BATCH = 2048
 """Report at once when this many finished tasks are waiting."""
+BATCH_SECONDS = 0.005
+"""How long a batch of tasks handed to a thread should run: batches are sized from the
+last batch's time per task, between 1 and ``MAX_BATCH`` tasks (the first has ``FIRST_BATCH``).
+Each batch costs the worker and the scheduler (which handles its report) fixed work, so
+short tasks go in big batches; long tasks go one or a few at a time, so that their results
+are reported as they finish."""
+MAX_BATCH = 1024
+FIRST_BATCH = 8
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:
@@ -85,16 +93,28 @@ def dumps_values(values: dict[int, Any]) -> tuple[bytes, dict[int, str]]:
     return cloudpickle.dumps(good), bad
 
 
-def _run_batch(tasks: list, recorder: SpanRecorder) -> tuple[dict[int, Any], list]:
+def _run_batch(tasks: list, recorder: SpanRecorder) -> tuple[dict[int, Any], list, int]:
+    """(results, errors, nanoseconds the batch took)."""
     results: dict[int, Any] = {}
     errors: list[tuple[int, bytes, str]] = []
+    start = now_ns()
     with recorder.span(Stage.execute, tasks=len(tasks)):
         for tid, runner, args, index in tasks:
             try:
                 results[tid] = runner(args, index)
             except BaseException as e:  # noqa: BLE001 - a task's failure goes to its caller
                 errors.append((tid, *dumps_error(e)))
-    return results, errors
+    return results, errors, now_ns() - start
+
+
+def batch_size(n_tasks: int, elapsed_ns: int) -> int:
+    """Tasks for the next batch, given the last one ran ``n_tasks`` in ``elapsed_ns``."""
+    if n_tasks <= 0:
+        return FIRST_BATCH
+    per_task = elapsed_ns / n_tasks
+    if per_task <= 0:
+        return MAX_BATCH
+    return max(1, min(MAX_BATCH, int(BATCH_SECONDS * 1e9 / per_task)))
 
 
 class WorkerServer:
@@ -106,7 +126,7 @@ class WorkerServer:
         self.name = name or f"worker-{os.getpid()}"
         self.host = host
         self.auth_token = auth_token
-        self.state = WorkerState(nthreads)
+        self.state = WorkerState(nthreads, max_batch=FIRST_BATCH)
         self.catalog = GraphCatalog()
         self.recorder = SpanRecorder(self.name, enabled=record)
         self.peers: dict[int, str] = {}
@@ -273,7 +293,8 @@ class WorkerServer:
             print(f"{self.name}: a task batch failed outside any task: {exc!r}",
                   file=sys.stderr)
             return
-        results, errors = fut.result()
+        results, errors, elapsed_ns = fut.result()
+        self.state.max_batch = batch_size(len(results) + len(errors), elapsed_ns)
         # reporting back (execute): storing results, starting the next batches, queueing
         # the report
         with self.recorder.span(Stage.execute, tasks=0):
