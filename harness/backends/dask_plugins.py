@@ -447,16 +447,29 @@ def install_scheduler(gap_ns: int = GAP_NS, window_ns: int = WINDOW_NS,
     return os.getpid()
 
 
-def drain_scheduler(dask_scheduler: Any = None) -> tuple[list[Row], dict[str, list[int]]]:
-    state = getattr(dask_scheduler, _ATTR, None)
+def _drain(server: Any) -> tuple[list[Row], dict[str, list[int]]]:
+    """The rows and marks recorded on a Dask scheduler or worker since the last drain."""
+    state = getattr(server, _ATTR, None)
     return state[0].drain() if state else ([], {})
 
 
-def uninstall_scheduler(dask_scheduler: Any = None) -> None:
-    state = getattr(dask_scheduler, _ATTR, None)
+def _uninstall(server: Any) -> None:
+    """Undo what ``install_scheduler``/``install_worker`` did on ``server``."""
+    state = getattr(server, _ATTR, None)
     if state:
         state[1].restore()
-        delattr(dask_scheduler, _ATTR)
+        delattr(server, _ATTR)
+
+
+# Dask passes the server by parameter name (``dask_scheduler`` / ``dask_worker``), hence the
+# pairs of one-line functions below.
+
+def drain_scheduler(dask_scheduler: Any = None) -> tuple[list[Row], dict[str, list[int]]]:
+    return _drain(dask_scheduler)
+
+
+def uninstall_scheduler(dask_scheduler: Any = None) -> None:
+    _uninstall(dask_scheduler)
 
 
 def scheduler_task_count(dask_scheduler: Any = None) -> int:
@@ -518,15 +531,11 @@ def install_worker(roles: dict[str, str], gap_ns: int = GAP_NS, window_ns: int =
 
 
 def drain_worker(dask_worker: Any = None) -> tuple[list[Row], dict[str, list[int]]]:
-    state = getattr(dask_worker, _ATTR, None)
-    return state[0].drain() if state else ([], {})
+    return _drain(dask_worker)
 
 
 def uninstall_worker(dask_worker: Any = None) -> None:
-    state = getattr(dask_worker, _ATTR, None)
-    if state:
-        state[1].restore()
-        delattr(dask_worker, _ATTR)
+    _uninstall(dask_worker)
 
 
 def perf_counter_ns() -> int:
