@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,19 +73,38 @@ class Cell:
 
 
 class _Progress:
-    """Prints ``outputs done / total`` at most once a second."""
+    """Prints how far a run is at most once a second: outputs in memory (the backend calls
+    the object) and, where the backend can count them, finished tasks (``tasks``). A
+    reduction has one output, so only the task count moves before its end."""
 
-    def __init__(self, label: str, stream: TextIO) -> None:
+    def __init__(self, label: str, stream: TextIO,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self.stream = stream
-        self.last = 0.0
+        self.clock = clock
+        self.last = -math.inf
+        self.outputs: tuple[int, int] | None = None
+        self.finished: tuple[int, int] | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= 1.0 or done == total:
-            self.last = now
-            print(f"  {self.label}: {done:,}/{total:,} outputs in memory", file=self.stream,
-                  flush=True)
+        self.outputs = (done, total)
+        self._show(done == total)
+
+    def tasks(self, done: int, total: int) -> None:
+        self.finished = (done, total)
+        self._show(False)
+
+    def _show(self, final: bool) -> None:
+        now = self.clock()
+        if now - self.last < 1.0 and not final:
+            return
+        self.last = now
+        parts = []
+        if self.finished is not None and not final:
+            parts.append(f"{self.finished[0]:,}/{self.finished[1]:,} tasks finished")
+        if self.outputs is not None:
+            parts.append(f"{self.outputs[0]:,}/{self.outputs[1]:,} outputs in memory")
+        print(f"  {self.label}: {', '.join(parts)}", file=self.stream, flush=True)
 
 
 def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict[str, Any]:

@@ -56,6 +56,11 @@ def total(parts: list[int]) -> int:
     return sum(parts)
 
 
+def slow_inc(x: int) -> int:
+    time.sleep(0.01)
+    return x + 1
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 def at_least(name: str, n: int) -> Workload:
@@ -183,6 +188,39 @@ def test_task_error_in_a_big_graph_does_not_stop_the_next_one(client: Client) ->
     with pytest.raises(ValueError):
         client.compute(bad, [("bad", 0)], timeout=TIMEOUT)
     assert_same_results(client, w, "compact")
+
+
+@pytest.mark.parametrize("encoding", ["compact", "layers"])
+def test_task_progress_counts_finished_tasks_of_a_one_output_graph(client: Client,
+                                                                   encoding: str) -> None:
+    """A reduction has one output: the outputs' progress stays 0/1 until the end, the
+    scheduler's counts of finished tasks move (300 tasks of 10 ms on 2 workers: >= 1.5 s,
+    several progress intervals)."""
+    from scheduler.graph.layers import LayerGraph, Materialized
+
+    width = 300
+    dsk: dict[object, Task] = {("x", i): Task(slow_inc, i) for i in range(width)}
+    dsk["total"] = Task(total, [Ref(("x", i)) for i in range(width)])
+    graph = TaskGraph.from_dict(dsk)
+    seen: list[tuple[int, int]] = []  # both callbacks run on the client's loop thread
+    outputs: list[tuple[int, int]] = []
+    if encoding == "layers":
+        layers = LayerGraph([Materialized("x", {k: v for k, v in dsk.items() if k != "total"}),
+                             Materialized("total", {"total": dsk["total"]})])
+        run = client.run(layers, encoding="layers", output_layers=["total"],
+                         progress=lambda d, t: outputs.append((d, t)),
+                         task_progress=lambda d, t: seen.append((d, t)), timeout=TIMEOUT)
+    else:
+        run = client.run(graph, ["total"], progress=lambda d, t: outputs.append((d, t)),
+                         task_progress=lambda d, t: seen.append((d, t)), timeout=TIMEOUT)
+    assert run.results == {"total": sum(range(1, width + 1))}
+    assert outputs == [(1, 1)]
+    assert seen, "no count of finished tasks arrived during a run of >= 1.5 s"
+    assert {t for _, t in seen} == {width + 1}
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and len(set(done)) == len(done)  # sent only when it moved
+    assert done[0] > 0 and done[-1] <= width + 1
+    assert any(d < width for d in done)  # some arrived while leaves were still running
 
 
 def test_compute_with_no_outputs_returns_an_empty_dict(client: Client) -> None:

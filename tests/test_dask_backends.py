@@ -383,3 +383,32 @@ def test_distributed_pids(distributed_backend: DistributedBackend) -> None:
     assert {"worker-0", "worker-1"} <= set(pids)
     assert len({pids["worker-0"], pids["worker-1"], os.getpid()}) == 3
     assert distributed_backend.describe()["scheduler_in_client_process"] is True
+
+
+@pytest.mark.cluster
+def test_distributed_counts_finished_tasks_from_the_scheduler(
+        distributed_backend: DistributedBackend) -> None:
+    """The finished-task count (what long runs show while their few outputs are pending):
+    40 naps of 50 ms and one task over them, on 2 workers of 1 thread; polled every 0.1 s.
+    The total stays 41, the count never goes back, and it moves while naps still run."""
+    import time
+
+    import dask
+
+    client = distributed_backend.client
+    before = client.run_on_scheduler(plug.scheduler_task_progress)[0]
+    naps = [dask.delayed(time.sleep)(0.05, dask_key_name=f"stagecost-nap-{i}")
+            for i in range(40)]
+    future = client.compute(dask.delayed(len)(naps))
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 60
+    while not future.done() and time.monotonic() < deadline:
+        distributed_backend._tell_tasks(lambda d, t: seen.append((d, t)), before)
+        time.sleep(0.1)
+    assert future.result(timeout=60) == 40
+    del future
+    assert seen, "no count while 2 s of naps ran on 2 threads"
+    assert {t for _, t in seen} == {41}
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] <= 41
+    assert any(0 < d < 40 for d in done)

@@ -203,6 +203,30 @@ def test_progress_goes_to_stderr(run: RunOutput) -> None:
     assert "outputs in memory" in run.stderr
 
 
+def test_progress_lines_show_finished_tasks_until_the_last_output() -> None:
+    """At most one line a second; finished tasks (when the backend counts them) before the
+    outputs; the final line (every output in memory) always, and outputs only."""
+    import io
+
+    from harness import runner
+
+    clock = [100.0]
+    out = io.StringIO()
+    p = runner._Progress("[w] repeat 1/1", out, clock=lambda: clock[0])
+    p.tasks(0, 301)           # shown: the first line
+    p(0, 1)                   # within the second: not shown
+    clock[0] += 1.5
+    p.tasks(120, 301)         # shown, with the outputs known by now
+    clock[0] += 0.2
+    p.tasks(200, 301)         # within the second: not shown
+    p(1, 1)                   # the last output: always shown
+    assert out.getvalue().splitlines() == [
+        "  [w] repeat 1/1: 0/301 tasks finished",
+        "  [w] repeat 1/1: 120/301 tasks finished, 0/1 outputs in memory",
+        "  [w] repeat 1/1: 1/1 outputs in memory",
+    ]
+
+
 # --- the run folder --------------------------------------------------------------------------
 
 class _HTMLChecker(html.parser.HTMLParser):

@@ -440,6 +440,28 @@ def test_lost_results_are_recomputed_with_their_released_dependencies() -> None:
     assert sim.log().done_count == 1
 
 
+def test_the_finished_count_grows_by_every_completion_recomputations_included() -> None:
+    """What clients are told as progress: the segment counts each accepted completion. In
+    the story above (``a0`` and ``a1`` are computed twice), 5 tasks finish 7 times; a
+    report from the lost worker that arrives late is not a completion."""
+    dsk = {"b0": Task(inc, 0), "b1": Task(inc, Ref("b0")),
+           "a0": Task(inc, 1), "a1": Task(inc, Ref("a0")), "a2": Task(inc, Ref("a1"))}
+    sim = Sim(SchedulerConfig(inflight_per_thread=1), workers=2)
+    sim.submit(graph(dsk), ["a2", "b1"])
+    (seg,) = sim.state.segments.values()
+    assert seg.finished == 0
+    sim.finish(1)              # a0
+    sim.finish(1)              # a1
+    assert seg.finished == 2
+    a2 = sim.gid("a2")
+    sim.lose_worker(1)
+    sim.state.handle(TasksFinishedEvent(stimulus_id="late", worker=1,
+                                        ids=np.asarray([a2], dtype=np.int64)))
+    assert seg.finished == 2
+    sim.run()
+    assert seg.finished == 7
+
+
 def test_lost_outputs_are_reported_again() -> None:
     """Output ``a1`` (made from ``a0``) was reported on worker 0; output ``p`` is still
     running on worker 1. Worker 0 dies: ``a1`` is recomputed on worker 1 (``a0`` first, it

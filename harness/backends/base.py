@@ -62,7 +62,11 @@ class Backend(ABC):
 
     @abstractmethod
     def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
-        """Build, optimise, submit and compute ``workload`` once; return what was measured."""
+        """Build, optimise, submit and compute ``workload`` once; return what was measured.
+
+        ``progress``, if given, is called with (outputs in memory, outputs) as they land;
+        where the backend can count finished tasks it also calls ``progress.tasks(finished,
+        tasks)`` if ``progress`` has that method."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what ``start`` acquired."""

@@ -313,10 +313,12 @@ class DistributedBackend(_DaskBackend):
             self.client.run_on_scheduler(plug.drain_scheduler)
             self.client.run(plug.drain_worker)
 
-    def _gather(self, futures: list[Any], progress: Any) -> list[Any]:
+    def _gather(self, futures: list[Any], progress: Any,
+                sent_before: int | None = None) -> list[Any]:
         from distributed import CancelledError
 
         total = len(futures)
+        tasks = getattr(progress, "tasks", None) if sent_before is not None else None
         timeout = self.options.timeout
         stop = threading.Event()
         timed_out = []
@@ -329,6 +331,8 @@ class DistributedBackend(_DaskBackend):
             while not stop.wait(interval):
                 if progress is not None:
                     t = time.perf_counter()
+                    if tasks is not None:
+                        self._tell_tasks(tasks, sent_before)
                     progress(sum(f.done() for f in futures), total)
                     interval = max(1.0, 50 * (time.perf_counter() - t))
                 if deadline is not None and time.monotonic() > deadline:
@@ -354,6 +358,15 @@ class DistributedBackend(_DaskBackend):
             progress(total, total)
         return list(results)
 
+    def _tell_tasks(self, tasks: Any, sent_before: int) -> None:
+        """``tasks(finished, total)`` from the scheduler's counters (nothing before the graph
+        has reached it)."""
+        sent, processing, unfinished = self.client.run_on_scheduler(
+            plug.scheduler_task_progress)
+        finished = max(0, sent - sent_before - processing)
+        if unfinished:
+            tasks(finished, finished + unfinished)
+
     def _forget(self, baseline: int) -> str | None:
         """Wait until the scheduler has released this run's tasks (the next repeat reuses
         their keys: Dask's keys are deterministic tokens); a note if it did not."""
@@ -369,11 +382,12 @@ class DistributedBackend(_DaskBackend):
         if self.client is None:
             raise BackendError("start() the backend (or use it as a context manager) first")
         baseline = self.client.run_on_scheduler(plug.scheduler_task_count)
+        sent_before = self.client.run_on_scheduler(plug.scheduler_task_progress)[0]
         self._discard()
         t0 = time.perf_counter_ns()
         expr, keys = self._client_stages(workload, self._clock)
         futures = self.client.get(expr, keys, sync=False)
-        results = self._gather(futures, progress)
+        results = self._gather(futures, progress, sent_before)
         t_end = time.perf_counter_ns()
         spans, tasks_run = self._collect() if self._installed else ([], None)
         del futures, expr

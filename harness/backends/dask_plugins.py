@@ -38,6 +38,7 @@ from typing import Any
 
 __all__ = ["GAP_NS", "WINDOW_NS", "Patches", "StageClock", "TimedBatch", "drain_scheduler",
            "drain_worker", "execute_batch_timed", "install_scheduler", "install_worker",
+           "scheduler_task_count", "scheduler_task_progress",
            "timed", "timed_async", "uninstall_scheduler", "uninstall_worker"]
 
 GAP_NS = 50_000_000
@@ -475,6 +476,22 @@ def uninstall_scheduler(dask_scheduler: Any = None) -> None:
 def scheduler_task_count(dask_scheduler: Any = None) -> int:
     """Tasks the scheduler still knows (0 once a run's results are released)."""
     return len(dask_scheduler.tasks)
+
+
+_UNFINISHED = ("released", "waiting", "queued", "no-worker", "processing")
+
+
+def scheduler_task_progress(dask_scheduler: Any = None) -> tuple[int, int, int]:
+    """(tasks sent to workers so far, tasks processing now, tasks held and not finished, the
+    processing ones included), from counters the scheduler keeps (``n_tasks`` and the state
+    counts per task prefix), so this costs O(prefixes), not O(tasks). Between two calls,
+    the growth of the first minus that of the second is how many tasks finished."""
+    unfinished = processing = 0
+    for prefix in list(dask_scheduler.task_prefixes.values()):
+        states = prefix.states
+        unfinished += sum(states.get(s, 0) for s in _UNFINISHED)
+        processing += states.get("processing", 0)
+    return int(dask_scheduler.n_tasks), processing, unfinished
 
 
 # --- distributed workers --------------------------------------------------------------------

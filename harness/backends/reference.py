@@ -82,16 +82,18 @@ class ReferenceBackend(Backend):
         client = self.client
         client.spans(drain=True)  # start from an empty record everywhere
         opts = self.options
+        tasks = getattr(progress, "tasks", None)
         t0 = now_ns()
         if opts.encoding == "layers":
             layers = prepare_layers(workload, client.recorder, opts.fuse)
             result = client.run(layers, encoding="layers", timeout=opts.timeout,
-                                output_layers=[workload.output_layer], progress=progress)
+                                output_layers=[workload.output_layer], progress=progress,
+                                task_progress=tasks)
             tasks_run = None
         else:
             graph = prepare_graph(workload, client.recorder, opts.fuse)
             result = client.run(graph, workload.outputs, timeout=opts.timeout,
-                                progress=progress)
+                                progress=progress, task_progress=tasks)
             tasks_run = graph.n
         t_end = now_ns()
         if len(result.results) != len(workload.outputs):

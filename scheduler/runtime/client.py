@@ -78,6 +78,7 @@ class _Pending:
     base: int = -1
     error: BaseException | None = None
     progress: Callable[[int, int], None] | None = None
+    task_progress: Callable[[int, int], None] | None = None
 
 
 class Future:
@@ -209,6 +210,9 @@ class Client:
                 p.progress(len(p.held), len(p.out_ids))
             if msg["done"] and not p.finished.done():
                 p.finished.set_result(None)
+        elif op == "progress" and p is not None:
+            if p.task_progress is not None:
+                p.task_progress(int(msg["done"]), int(msg["total"]))
         elif op == "erred" and p is not None:
             if not p.finished.done():
                 p.finished.set_exception(_remote_error(msg))
@@ -245,9 +249,13 @@ class Client:
     def run(self, graph: TaskGraph | LayerGraph, outputs: Sequence[Key] | None = None, *,
             encoding: str | None = None, timeout: float | None = None,
             release: bool = True, output_layers: Sequence[str] | None = None,
-            progress: Callable[[int, int], None] | None = None) -> RunResult:
+            progress: Callable[[int, int], None] | None = None,
+            task_progress: Callable[[int, int], None] | None = None) -> RunResult:
         """Like ``compute``, with timings; ``timeout=None`` waits as long as it takes.
-        ``progress(done, total)`` is called (on the client's loop thread) as outputs land.
+        ``progress(done, total)`` is called (on the client's loop thread) as outputs land;
+        ``task_progress(finished, total)`` about twice a second while the count of the
+        graph's finished tasks moves (the scheduler counts them; a graph with few outputs,
+        such as a reduction, shows its progress only there).
 
         With ``encoding="layers"``, ``graph`` is a ``LayerGraph`` sent as layers and lowered
         by the scheduler; the outputs are every key of ``output_layers`` (or of the layers
@@ -259,18 +267,20 @@ class Client:
                                 f"{type(graph).__name__}")
             names = list(output_layers) if output_layers is not None else \
                 _whole_layers(graph, outputs or [])
-            return self._sync(self._run_layers(graph, names, release, progress), timeout)
+            return self._sync(self._run_layers(graph, names, release, progress,
+                                               task_progress), timeout)
         if outputs is None:
             raise TypeError("outputs (the keys wanted) are required")
         if isinstance(graph, LayerGraph):
             with self.recorder.span(Stage.generate) as sp:
                 graph = graph.lower()
                 sp.tasks = graph.n
-        return self._sync(self._run(graph, list(outputs), encoding, release, progress),
-                          timeout)
+        return self._sync(self._run(graph, list(outputs), encoding, release, progress,
+                                    task_progress), timeout)
 
     async def _run_layers(self, layers: LayerGraph, names: list[str], release: bool,
-                          progress: Callable[[int, int], None] | None) -> RunResult:
+                          progress: Callable[[int, int], None] | None,
+                          task_progress: Callable[[int, int], None] | None) -> RunResult:
         from ..wire.layers import output_keys
 
         assert self._comm is not None
@@ -282,17 +292,21 @@ class Client:
         p.accepted.add_done_callback(_consume)
         p.finished.add_done_callback(_consume)
         p.progress = progress
+        p.task_progress = task_progress
         self._pending[graph_id] = p
         with self.recorder.span(Stage.serialize, tasks=layers.n_tasks, messages=1) as sp:
             frames = encode_graph(layers, "layers", outputs=names)
             nbytes = sum(len(f) for f in frames)
             sp.nbytes = nbytes
         self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": now_ns() + self.offset_ns,
-                                      "encoding": "layers"}, None, frames)
+                                      "encoding": "layers", "progress": task_progress is not None},
+                            None, frames)
         values = await self._results(graph_id, p, release)
         return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 
-    async def _submit(self, graph: TaskGraph, outputs: list[Key], encoding: str
+    async def _submit(self, graph: TaskGraph, outputs: list[Key], encoding: str,
+                      progress: Callable[[int, int], None] | None = None,
+                      task_progress: Callable[[int, int], None] | None = None
                       ) -> tuple[str, _Pending, int]:
         assert self._comm is not None
         out_ids = graph.ids_of(outputs)
@@ -302,21 +316,24 @@ class Client:
                      self._loop.create_future(), self._loop.create_future())
         p.accepted.add_done_callback(_consume)
         p.finished.add_done_callback(_consume)
+        p.progress, p.task_progress = progress, task_progress
         self._pending[graph_id] = p
         with self.recorder.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
             frames = encode_graph(graph, encoding)
             sp.nbytes = sum(len(f) for f in frames)
         sent = now_ns()
         self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": sent + self.offset_ns,
-                                      "encoding": encoding}, {"outputs": out_ids}, frames)
+                                      "encoding": encoding,
+                                      "progress": task_progress is not None},
+                            {"outputs": out_ids}, frames)
         return graph_id, p, sp.nbytes if self.recorder.enabled else sum(len(f) for f in frames)
 
     async def _run(self, graph: TaskGraph, outputs: list[Key], encoding: str,
-                   release: bool, progress: Callable[[int, int], None] | None = None
-                   ) -> RunResult:
+                   release: bool, progress: Callable[[int, int], None] | None = None,
+                   task_progress: Callable[[int, int], None] | None = None) -> RunResult:
         t_submit = now_ns()
-        graph_id, p, nbytes = await self._submit(graph, outputs, encoding)
-        p.progress = progress
+        graph_id, p, nbytes = await self._submit(graph, outputs, encoding, progress,
+                                                 task_progress)
         values = await self._results(graph_id, p, release)
         return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 

@@ -53,7 +53,10 @@ from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
 from .dispatch import compute_message, graph_def_message
 from .messages import Message
 
-__all__ = ["SchedulerServer", "main"]
+__all__ = ["PROGRESS_INTERVAL", "SchedulerServer", "main"]
+
+PROGRESS_INTERVAL = 0.5
+"""Seconds between the counts of finished tasks sent to clients that asked for them."""
 
 
 @dataclass
@@ -89,6 +92,10 @@ class SchedulerServer:
         self._span_waiters: dict[int, asyncio.Future[Any]] = {}
         self._finished_buf: list[tuple[int, np.ndarray]] = []
         self._monitor: asyncio.Task[None] | None = None
+        self._progress: asyncio.Task[None] | None = None
+        # segment id -> (client, graph id, tasks finished last told) for graphs whose client
+        # asked to hear how many tasks have finished
+        self._watched: dict[int, tuple[str, str, int]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -99,6 +106,7 @@ class SchedulerServer:
                   f"or {TOKEN_ENV}", file=sys.stderr)
         self._server, self.address = await serve(self._on_comm, self.host, self.port)
         self._monitor = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+        self._progress = asyncio.get_running_loop().create_task(self._tell_progress())
         return self.address
 
     async def wait_closed(self) -> None:
@@ -116,8 +124,9 @@ class SchedulerServer:
         await asyncio.sleep(0.05)
         for comm in [w.comm for w in self.workers.values()] + list(self.clients.values()):
             await comm.close()
-        if self._monitor:
-            self._monitor.cancel()
+        for task in (self._monitor, self._progress):
+            if task:
+                task.cancel()
         if self._server:
             self._server.close()
         self._done.set()
@@ -134,6 +143,24 @@ class SchedulerServer:
                     self._remove_worker(w)
 
     # --- connections ---------------------------------------------------------------------------
+
+    async def _tell_progress(self) -> None:
+        """Tell watching clients how many tasks of their graphs have finished: one small
+        message per graph and interval, only when the count moved."""
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            for sid, (cid, graph_id, told) in list(self._watched.items()):
+                seg = self.state.segments.get(sid)
+                if seg is None or cid not in self.clients:
+                    del self._watched[sid]
+                    continue
+                done = min(seg.finished, seg.n)
+                if done != told:
+                    self._to_client(cid, "progress", {"graph_id": graph_id, "done": done,
+                                                      "total": seg.n})
+                    self._watched[sid] = (cid, graph_id, done)
+                if done == seg.n:
+                    del self._watched[sid]
 
     async def _on_comm(self, comm: Comm) -> None:
         try:
@@ -302,6 +329,8 @@ class SchedulerServer:
                 arrays = {"outputs": outputs} if wire.outputs is not None else None
                 comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": seg.base,
                                                  "n": seg.n}, arrays)
+                if msg.fields.get("progress"):
+                    self._watched[seg.sid] = (cid, graph_id, 0)
         self._apply(ins)
         self._schedule_and_apply()
 

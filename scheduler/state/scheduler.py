@@ -571,6 +571,7 @@ class SchedulerState:
             if not len(local):
                 continue
             self._transition(seg, local, S.memory)
+            seg.finished += len(local)
             self.occupancy[w] -= len(local)
             seg.worker[local] = w
             self._finished_bookkeeping(seg, local)

@@ -64,7 +64,7 @@ class Segment:
     __slots__ = ("sid", "base", "n", "graph", "client", "graph_id", "state", "waiting",
                  "remaining", "wanted", "worker", "priority", "dep_ptr", "dep_idx",
                  "dpt_ptr", "dpt_idx", "shared", "outputs", "outputs_left", "refs",
-                 "uses", "n_dependents", "released")
+                 "uses", "n_dependents", "released", "finished")
 
     def __init__(self, sid: int, base: int, graph: TaskGraph, client: str, graph_id: str,
                  dep_ptr: np.ndarray, dep_idx: np.ndarray) -> None:
@@ -98,6 +98,7 @@ class Segment:
         self.refs = 0        # later segments that use results of this one
         self.uses: list[int] = []  # earlier segments whose results this one uses
         self.released = False      # its client released it (or left)
+        self.finished = 0          # task completions reported (recomputations count again)
 
     def local(self, gids: np.ndarray) -> np.ndarray:
         return gids - self.base
