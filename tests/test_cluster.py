@@ -195,9 +195,13 @@ def test_task_progress_counts_finished_tasks_of_a_one_output_graph(client: Clien
                                                                    encoding: str) -> None:
     """A reduction has one output: the outputs' progress stays 0/1 until the end, the
     scheduler's counts of finished tasks move (300 tasks of 10 ms on 2 workers: >= 1.5 s,
-    several progress intervals)."""
+    several progress intervals). A graph of fast tasks runs first, so the workers' batches
+    are sized for fast tasks (up to 1,024 at a time): the slow tasks' results must still be
+    reported while their batch runs."""
     from scheduler.graph.layers import LayerGraph, Materialized
 
+    warm = build("elementwise", 20_000)
+    client.compute(warm.lower(), warm.outputs, timeout=TIMEOUT)
     width = 300
     dsk: dict[object, Task] = {("x", i): Task(slow_inc, i) for i in range(width)}
     dsk["total"] = Task(total, [Ref(("x", i)) for i in range(width)])

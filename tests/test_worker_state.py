@@ -249,6 +249,23 @@ def test_errors_are_reported_one_by_one_and_results_together() -> None:
     assert all(i.stimulus_id == "ran" for i in out)
 
 
+def test_a_long_batch_reports_as_it_goes_and_frees_its_thread_at_the_end() -> None:
+    """One thread, a batch of three. The runtime says two of them finished while the batch
+    still runs: they are reported at once, but the thread stays busy (task 4, sent
+    meanwhile, waits). The last part frees the thread and task 4 starts."""
+    ws = WorkerState(nthreads=1, max_batch=3)
+    [ex] = of(ws.handle(compute([1, 2, 3])), Execute)
+    assert ran_ids(ex) == [1, 2, 3]
+    out = ws.handle(ExecutedEvent(stimulus_id="part", results={1: 1, 2: 2}, partial=True))
+    assert [r.ids for r in of(out, ReportFinished)] == [[1, 2]]
+    assert ws.running_batches == 1 and ws.running == {3}
+    assert not of(ws.handle(compute([4], stimulus_id="more")), Execute)
+    out = ws.handle(ExecutedEvent(stimulus_id="rest", results={3: 3}))
+    assert [r.ids for r in of(out, ReportFinished)] == [[3]]
+    [ex4] = of(out, Execute)
+    assert ran_ids(ex4) == [4] and ws.running == {4} and ws.executed == 3
+
+
 def test_a_task_sent_twice_runs_once() -> None:
     """A task sent again while it is still queued here, or after its result is here, is not
     queued or run a second time."""

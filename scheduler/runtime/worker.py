@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import pickle
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import cloudpickle
@@ -62,6 +65,10 @@ short tasks go in big batches; long tasks go one or a few at a time, so that the
 are reported as they finish."""
 MAX_BATCH = 1024
 FIRST_BATCH = 8
+PARTIAL_REPORT_NS = 20_000_000
+"""A running batch hands over the results it has after this long (and again after each
+further interval), so that slow tasks in a batch sized from fast ones are reported on time."""
+_MAX_RUN = 64  # most tasks run between two reads of the clock in a batch
 
 
 def dumps_error(exc: BaseException) -> tuple[bytes, str]:
@@ -93,17 +100,40 @@ def dumps_values(values: dict[int, Any]) -> tuple[bytes, dict[int, str]]:
     return cloudpickle.dumps(good), bad
 
 
-def _run_batch(tasks: list, recorder: SpanRecorder) -> tuple[dict[int, Any], list, int]:
-    """(results, errors, nanoseconds the batch took)."""
+def _run_batch(tasks: list, recorder: SpanRecorder,
+               report: Callable[[dict[int, Any], list], None] | None = None
+               ) -> tuple[dict[int, Any], list, int]:
+    """(results, errors, nanoseconds the batch took) of the tasks not yet reported.
+
+    With ``report``, a batch that runs past ``PARTIAL_REPORT_NS`` hands what it has finished
+    to ``report(results, errors)`` (from this thread) each time that much more time passed:
+    a batch sized from short tasks may meet long ones, and their results must not wait for
+    the whole batch."""
     results: dict[int, Any] = {}
     errors: list[tuple[int, bytes, str]] = []
-    start = now_ns()
-    with recorder.span(Stage.execute, tasks=len(tasks)):
-        for tid, runner, args, index in tasks:
-            try:
-                results[tid] = runner(args, index)
-            except BaseException as e:  # noqa: BLE001 - a task's failure goes to its caller
-                errors.append((tid, *dumps_error(e)))
+    start = due = last = now_ns()
+    todo = iter(tasks)
+    left = len(tasks)
+    # The clock is read between runs of tasks, not after each one: a run lasts about a
+    # quarter of PARTIAL_REPORT_NS at the last run's pace (1 to 64 tasks; the first is 1).
+    step = 1 if report is not None else left
+    with recorder.span(Stage.execute, tasks=left):
+        while left:
+            for tid, runner, args, index in islice(todo, step):
+                try:
+                    results[tid] = runner(args, index)
+                except BaseException as e:  # noqa: BLE001 - a task's failure goes to its caller
+                    errors.append((tid, *dumps_error(e)))
+            ran = min(step, left)
+            left -= ran
+            if report is not None and left:
+                t = now_ns()
+                if t - due >= PARTIAL_REPORT_NS:
+                    report(results, errors)
+                    results, errors, due = {}, [], t
+                per_task = max(1, t - last) / ran
+                step = max(1, min(_MAX_RUN, int(PARTIAL_REPORT_NS / 4 / per_task)))
+                last = t
     return results, errors, now_ns() - start
 
 
@@ -265,8 +295,12 @@ class WorkerServer:
         sched = self._scheduler
         for ins in instructions:
             if isinstance(ins, Execute):
-                fut = loop.run_in_executor(self._pool, _run_batch, ins.tasks, self.recorder)
-                fut.add_done_callback(self._batch_done)
+                # partial results are queued on the loop from the task thread before the
+                # batch's future completes, so they are handled first
+                report = functools.partial(loop.call_soon_threadsafe, self._partial_done)
+                fut = loop.run_in_executor(self._pool, _run_batch, ins.tasks, self.recorder,
+                                           report)
+                fut.add_done_callback(functools.partial(self._batch_done, len(ins.tasks)))
             elif isinstance(ins, ReportFinished):
                 self._finished.extend(ins.ids)
                 if len(self._finished) >= REPORT_BATCH:
@@ -285,7 +319,14 @@ class WorkerServer:
                     sched.post_msg("data-lost", {"id": ins.id},
                                    {"missing": np.asarray(ins.missing, dtype=np.int64)})
 
-    def _batch_done(self, fut: asyncio.Future[Any]) -> None:
+    def _partial_done(self, results: dict[int, Any], errors: list) -> None:
+        if self._done.is_set():
+            return
+        with self.recorder.span(Stage.execute, tasks=0):
+            self._handle(ExecutedEvent(stimulus_id="executed-part", results=results,
+                                       errors=errors, partial=True))
+
+    def _batch_done(self, n_tasks: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or self._done.is_set():
             return
         exc = fut.exception()
@@ -294,7 +335,7 @@ class WorkerServer:
                   file=sys.stderr)
             return
         results, errors, elapsed_ns = fut.result()
-        self.state.max_batch = batch_size(len(results) + len(errors), elapsed_ns)
+        self.state.max_batch = batch_size(n_tasks, elapsed_ns)
         # reporting back (execute): storing results, starting the next batches, queueing
         # the report
         with self.recorder.span(Stage.execute, tasks=0):

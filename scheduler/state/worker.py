@@ -50,10 +50,13 @@ class ComputeTasksEvent(WorkerEvent):
 
 @dataclass(**_DC)
 class ExecutedEvent(WorkerEvent):
-    """A batch ran: ``results`` ``{id: value}``; ``errors`` ``[(id, error blob, text)]``."""
+    """A batch ran: ``results`` ``{id: value}``; ``errors`` ``[(id, error blob, text)]``.
+    With ``partial``, these are the tasks a still-running batch has finished so far (a batch
+    that runs long reports as it goes); its last event has ``partial=False``."""
 
     results: dict[int, Any]
     errors: list[tuple[int, bytes, str]] = field(default_factory=list)
+    partial: bool = False
 
 
 @dataclass(**_DC)
@@ -203,7 +206,8 @@ class WorkerState:
             self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
 
     def _executed(self, ev: ExecutedEvent) -> None:
-        self.running_batches -= 1
+        if not ev.partial:
+            self.running_batches -= 1
         self.data.update(ev.results)
         self.running.difference_update(ev.results)
         self.running.difference_update(t for t, _, _ in ev.errors)
