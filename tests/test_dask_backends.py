@@ -412,3 +412,35 @@ def test_distributed_counts_finished_tasks_from_the_scheduler(
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] <= 41
     assert any(0 < d < 40 for d in done)
+
+
+@pytest.mark.cluster
+def test_a_slow_count_query_does_not_space_out_progress(
+        distributed_backend: DistributedBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask's scheduler answers the count query only between its handlers (seconds, during
+    a big update_graph). That wait is not the watcher's own work: with a query that takes
+    0.5 s, progress still comes about every second (32 naps of 0.25 s on 2 threads: ~4 s)."""
+    import time
+
+    import dask
+
+    calls: list[float] = []
+
+    def slow_query(tasks: Any, sent_before: int) -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.5)
+
+    class Progress:
+        def __call__(self, done: int, total: int) -> None:
+            pass
+
+        def tasks(self, done: int, total: int) -> None:
+            pass
+
+    monkeypatch.setattr(distributed_backend, "_tell_tasks", slow_query)
+    naps = [dask.delayed(time.sleep)(0.25, dask_key_name=f"stagecost-slow-nap-{i}")
+            for i in range(32)]
+    futures = distributed_backend.client.compute(naps)
+    distributed_backend._gather(futures, Progress(), 0)
+    del futures
+    assert len(calls) >= 2, calls

@@ -326,19 +326,28 @@ class DistributedBackend(_DaskBackend):
         def watch() -> None:
             # This thread shares the GIL with a LocalCluster's scheduler: a sweep over the
             # futures costs ~1.6 us each, so sweeps are spaced to take at most 2 % of the time.
+            # The count of finished tasks is asked of the scheduler, which answers only
+            # between two of its handlers: that wait is not work, and does not space sweeps.
             deadline = None if timeout is None else time.monotonic() + timeout
             interval = 1.0
-            while not stop.wait(interval):
-                if progress is not None:
-                    t = time.perf_counter()
-                    if tasks is not None:
-                        self._tell_tasks(tasks, sent_before)
-                    progress(sum(f.done() for f in futures), total)
-                    interval = max(1.0, 50 * (time.perf_counter() - t))
-                if deadline is not None and time.monotonic() > deadline:
+            while True:
+                wait = interval if deadline is None else \
+                    min(interval, max(0.0, deadline - time.monotonic()))
+                if stop.wait(wait):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
                     timed_out.append(True)
                     self.client.cancel(futures)
                     return
+                if progress is not None:
+                    if tasks is not None:
+                        # best effort: a failed query must not end this thread, which also
+                        # enforces the timeout
+                        with contextlib.suppress(Exception):
+                            self._tell_tasks(tasks, sent_before)
+                    t = time.perf_counter()
+                    progress(sum(f.done() for f in futures), total)
+                    interval = max(1.0, 50 * (time.perf_counter() - t))
 
         watcher = None
         if progress is not None or timeout is not None:

@@ -146,7 +146,8 @@ class SchedulerServer:
 
     async def _tell_progress(self) -> None:
         """Tell watching clients how many tasks of their graphs have finished: one small
-        message per graph and interval, only when the count moved."""
+        message per graph and interval, only when the count moved. Tasks recomputed after a
+        worker was lost count again, so the count may reach the total a little early."""
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL)
             for sid, (cid, graph_id, told) in list(self._watched.items()):
