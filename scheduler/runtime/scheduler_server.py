@@ -142,8 +142,6 @@ class SchedulerServer:
                     w.comm.abort()
                     self._remove_worker(w)
 
-    # --- connections ---------------------------------------------------------------------------
-
     async def _tell_progress(self) -> None:
         """Tell watching clients how many tasks of their graphs have finished: one small
         message per graph and interval, only when the count moved. Tasks recomputed after a
@@ -162,6 +160,8 @@ class SchedulerServer:
                     self._watched[sid] = (cid, graph_id, done)
                 if done == seg.n:
                     del self._watched[sid]
+
+    # --- connections ---------------------------------------------------------------------------
 
     async def _on_comm(self, comm: Comm) -> None:
         try:
