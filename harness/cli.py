@@ -1,5 +1,5 @@
-"""``stagecost``: one command, hyphen-free subcommands, exit codes 0 ok / 1 error / 2 regression
-/ 3 incomplete (the report was written, but some configurations were abandoned).
+"""``stagecost``: one command, hyphen-free subcommands; exit codes in ``harness.exit_codes``
+(0 ok, 1 error, 2 regression, 3 incomplete, 64 usage error, 130 interrupted).
 
   stagecost run       run workloads on backends, write a run folder with its report
   stagecost profile   the same under py-spy, with samples attributed to stages
@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.exit_codes import ExitCode, StageCostParser, UsageError
+
 __all__ = ["main"]
 
 DEFAULT_WORKLOADS = ["elementwise", "reduction"]
 DEFAULT_SIZES = [10_000, 100_000]
-EXIT_INCOMPLETE = 3  # the report was written, but some configurations have no result
 
 
 def _size(text: str) -> int:
@@ -76,9 +77,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stagecost", description=(
+    p = StageCostParser(prog="stagecost", description=(
         "Where does the time go between compute() and the last result, stage by stage?"))
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=StageCostParser)
     run = sub.add_parser("run", help="run workloads and write a stage-cost report")
     _run_options(run)
     prof = sub.add_parser("profile", help="run under py-spy and attribute samples to stages")
@@ -112,17 +113,20 @@ def _options(args: argparse.Namespace) -> Any:
     from harness.backends.base import RunOptions
 
     if args.workers < 1 or args.threads < 1:
-        raise ValueError("--workers and --threads must be at least 1")
+        raise UsageError("--workers and --threads must be at least 1")
     from scheduler.wire.encodings import ENCODINGS
 
     encodings = list(dict.fromkeys(args.encoding or ["compact"]))
     for e in encodings:
         if e not in ENCODINGS:
-            raise ValueError(f"unknown encoding {e!r}; choose from {', '.join(ENCODINGS)}")
+            raise UsageError(f"unknown encoding {e!r}; choose from {', '.join(ENCODINGS)}")
     if args.dask_config:
         from harness.backends.dask_backends import parse_dask_config
 
-        parse_dask_config(args.dask_config)  # refuse typos before anything runs
+        try:
+            parse_dask_config(args.dask_config)  # refuse typos before anything runs
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return RunOptions(workers=args.workers, threads=args.threads, encoding=encodings[0],
                       fuse=args.fuse, record=not args.no_record,
                       scheduler_address=args.scheduler_address, timeout=args.timeout,
@@ -186,7 +190,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     for f in failed:
         print(f"stagecost {params['command']}: {f['cell']} has no result: {f['error']}",
               file=sys.stderr)
-    return EXIT_INCOMPLETE if failed else 0
+    return ExitCode.INCOMPLETE if failed else ExitCode.OK
 
 
 def _records(df: Any) -> list[dict[str, Any]]:
@@ -219,7 +223,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = args.output
     if out is None:
         if len(args.runs) != 1:
-            raise ValueError("with several run folders, say where the report goes with -o")
+            raise UsageError("with several run folders, say where the report goes with -o")
         out = args.runs[0]
     html, md = render_report(args.runs, out)
     print(f"report: {html}  (and {md.name})")
@@ -230,7 +234,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.report.compare import compare_runs, compare_text, exit_code, render_compare
 
     if args.factor <= 1.0:
-        raise ValueError(f"--factor must be above 1, got {args.factor}")
+        raise UsageError(f"--factor must be above 1, got {args.factor}")
     table = compare_runs(args.a, args.b, factor=args.factor)
     if args.output is not None:
         render_compare(table, args.output, args.a.name, args.b.name, args.factor)
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 1
+        return ExitCode.USAGE
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -284,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_workloads(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 1
+        return ExitCode.INTERRUPTED
+    except UsageError as e:
+        print(f"stagecost {args.command}: usage error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
     except (ValueError, OSError, RuntimeError, TimeoutError) as e:
         print(f"stagecost {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     parser.error(f"unknown command {args.command}")
-    return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import pytest
 
 import harness.runner as runner
 from harness.backends.base import BackendError, RunOptions
-from harness.cli import EXIT_INCOMPLETE, main
+from harness.cli import main
+from harness.exit_codes import ExitCode
 
 dask_config = pytest.importorskip("dask.config")
 
@@ -53,7 +54,7 @@ def test_the_command_line_refuses_a_typo_before_running(capsys: pytest.CaptureFi
                                                         tmp_path: Path) -> None:
     code = main(["run", "-b", "dask-sync", "-w", "elementwise", "-n", "100",
                  "--dask-config", "optimization.fuse.activ=false", "-o", str(tmp_path / "r")])
-    assert code == 1
+    assert code == ExitCode.USAGE
     assert "unknown Dask config key 'optimization.fuse.activ'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -112,7 +113,7 @@ def test_an_abandoned_cell_keeps_the_others_and_exits_3(monkeypatch: pytest.Monk
     out = tmp_path / "run"
     code = main(["run", "-b", "reference-inproc", "-w", "elementwise", "-w", "reduction",
                  "-n", "200", "-r", "1", "--warmups", "0", "--timeout", "5", "-o", str(out)])
-    assert code == EXIT_INCOMPLETE
+    assert code == ExitCode.INCOMPLETE
     assert "reduction n=200 reference-inproc has no result" in capsys.readouterr().err
     meta = json.loads((out / "meta.json").read_text())
     assert [f["cell"] for f in meta["failed_cells"]] == ["reduction n=200 reference-inproc"]

@@ -1,0 +1,43 @@
+"""Exit codes: usage errors, failures and verdicts never share a code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.exit_codes import ExitCode
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "a", "b", "--factor", "abc"],      # not a number
+    ["compare", "a", "b", "--factor", "0.5"],      # a number, but not a factor
+    ["run", "--workers", "0"],
+    ["run", "-e", "no-such-encoding"],
+    ["run", "--no-such-flag"],
+    ["no-such-command"],
+    [],
+])
+def test_usage_errors_exit_64_and_run_nothing(argv: list[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors leave through exit()
+        code = e.code
+    assert code == ExitCode.USAGE
+    assert not (tmp_path / "reports").exists()
+    capsys.readouterr()
+
+
+def test_a_run_folder_that_does_not_exist_is_an_error_not_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", str(tmp_path / "missing-a"), str(tmp_path / "missing-b")])
+    assert code == ExitCode.ERROR
+    assert "missing-a" in capsys.readouterr().err
+
+
+def test_the_codes_are_distinct() -> None:
+    assert len({int(c) for c in ExitCode}) == len(ExitCode)
