@@ -142,6 +142,20 @@ def test_cluster_stays_usable_after_a_task_error() -> None:
     assert cluster.run(w.lower(), w.outputs).results == w.lower().execute(w.outputs)
 
 
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_an_error_while_dependents_wait_to_be_placed_raises_the_error(n_workers: int) -> None:
+    # the failing task's siblings finish in the same step and make their dependents ready;
+    # the error ends the run before they are placed, and releasing the graph must forget them
+    graph = TaskGraph.from_dict({
+        **{("src", i): Task(fail_on_seven, 6 + i) for i in range(4)},
+        **{("out", i): Task(inc, Ref(("src", i))) for i in range(4)}})
+    cluster = InProcessCluster(n_workers=n_workers)
+    with pytest.raises(ValueError, match="refusing input 7"):
+        cluster.run(graph, [("out", i) for i in range(4)])
+    good = TaskGraph.from_dict({"total": Task(total, [1, 2, 3])})
+    assert cluster.run(good, ["total"]).results == {"total": 6}
+
+
 def test_run_with_no_outputs_returns_no_results() -> None:
     graph = TaskGraph.from_dict({"lonely": Task(inc, 1)})
     assert InProcessCluster(n_workers=2).run(graph, []).results == {}

@@ -763,6 +763,8 @@ class SchedulerState:
                     if used.released:
                         self._maybe_drop(used)
         self._queue = deque((s, loc) for s, loc in self._queue if s is not seg)
+        # tasks that became ready but were not placed yet (a caller deferring schedule())
+        self._ready = [(s, loc) for s, loc in self._ready if s is not seg]
         self._story = deque((e for e in self._story if e[1] != seg.base),
                             maxlen=self._story.maxlen)
 
