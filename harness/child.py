@@ -1,7 +1,8 @@
 """Child process of the runner: ``python -m harness.child CELL_JSON RESULT_PATH``.
 
 Runs one cell (see ``harness.runner.run_cell``) and writes its result as JSON to
-RESULT_PATH. Exit code 0 on success; on failure the error is printed and the code is 1.
+RESULT_PATH. Exit code 0 on success; on failure the error is printed, RESULT_PATH holds
+``{"error": message}`` and the code is 1.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ def main(argv: list[str]) -> int:
     cell = Cell.from_json(argv[0])
     try:
         result = run_cell(cell)
-    except Exception:
+    except Exception as e:
         traceback.print_exc()
         print(f"error: {cell.label()} failed (see above)", file=sys.stderr)
+        with open(argv[1], "w") as f:  # the parent puts the message in the report
+            json.dump({"error": f"{type(e).__name__}: {e}"}, f)
         return 1
     with open(argv[1], "w") as f:
         json.dump(result, f)

@@ -36,12 +36,24 @@ def _size(text: str) -> int:
     return value
 
 
+def _workload(text: str) -> str:
+    from harness.workloads import names
+
+    if ":" in text or text in names():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown workload {text!r}; choose one of {', '.join(names())}, or give your own "
+        f"as FILE.py:FUNCTION or package.module:FUNCTION")
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     from harness.backends import BACKENDS
-    from harness.workloads import WORKLOADS
 
-    p.add_argument("-w", "--workload", action="append", choices=list(WORKLOADS),
-                   help=f"workload (repeatable; default: {' '.join(DEFAULT_WORKLOADS)})")
+    p.add_argument("-w", "--workload", action="append", type=_workload, metavar="WORKLOAD",
+                   help="built-in workload (see 'stagecost workloads') or your own, "
+                        "FILE.py:FUNCTION or package.module:FUNCTION, FUNCTION(n_tasks) "
+                        "returning Dask collections (repeatable; default: "
+                        f"{' '.join(DEFAULT_WORKLOADS)})")
     p.add_argument("-n", "--n-tasks", action="append", type=_size, metavar="N",
                    help="task count, e.g. 100000 or 1e6 (repeatable; default: "
                         f"{' '.join(str(n) for n in DEFAULT_SIZES)})")
@@ -252,9 +264,19 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items))
         return 0
+    heads = {"synthetic": "synthetic (the reference's own layers; the same structure on Dask)",
+             "seed": "the seed example (layers on the reference, dask.array on Dask)",
+             "dask": "realistic, written with Dask's APIs (Dask's graph on every backend)"}
+    kind = None
     for w in items:
+        if w["kind"] != kind:
+            kind = w["kind"]
+            print(f"{'' if kind == items[0]['kind'] else chr(10)}{heads[kind]}:")
         params = ", ".join(f"{k}={v!r}" for k, v in w["parameters"].items()) or "-"
-        print(f"{w['name']:12s} {w['summary']}\n{'':12s} parameters: {params}")
+        only = f"; runs on {', '.join(w['only_on'])} only" if w.get("only_on") else ""
+        print(f"  {w['name']:16s} {w['summary']}{only}\n  {'':16s} parameters: {params}")
+    print("\nyour own: -w FILE.py:FUNCTION or -w package.module:FUNCTION, where "
+          "FUNCTION(n_tasks) returns a Dask collection, a list of them, or (graph, keys)")
     return 0
 
 

@@ -30,9 +30,10 @@ from typing import Any, TextIO
 import pandas as pd
 
 from harness.backends import BACKENDS, make_backend
-from harness.backends.base import RunOptions
+from harness.backends.base import BackendError, RunOptions
 from harness.measure import run_row, span_rows, stage_rows
-from harness.workloads import build
+from harness.user_workloads import WorkloadError, build_any, graph_failed
+from harness.workloads import not_applicable
 
 ENCODED_BACKENDS = frozenset({"reference", "reference-inproc"})
 """Backends that take a graph encoding (``-e``); Dask backends pickle as Dask does, so they
@@ -50,6 +51,7 @@ class Cell:
     repeats: int = 3
     warmups: int = 1
     label_encoding: bool = False
+    source: str | None = None   # work pickled by stagecost.measure (see user_workloads)
 
     @property
     def backend_label(self) -> str:
@@ -120,14 +122,20 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict
         if hooks is not None:
             hooks.started(backend)
         total = cell.warmups + cell.repeats
+        # built once: a workload is data, every run builds its graph afresh from it
+        workload = build_any(cell.workload, cell.n_tasks, cell.source)
         for i in range(total):
             warm = i < cell.warmups
             what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{cell.repeats}"
-            workload = build(cell.workload, cell.n_tasks)
             print(f"[{cell.label()}] {what}: {workload.n_tasks:,} tasks, submitting ...",
                   file=stream, flush=True)
-            m = backend.run_once(workload, progress=_Progress(f"[{cell.label()}] {what}",
-                                                              stream))
+            try:
+                m = backend.run_once(workload, progress=_Progress(
+                    f"[{cell.label()}] {what}", stream))
+            except Exception as e:
+                if workload.dask is None or isinstance(e, BackendError | WorkloadError):
+                    raise
+                raise graph_failed(workload, cell.backend, e) from e
             wall = (m.t_end_ns - m.t0_ns) / 1e9
             print(f"[{cell.label()}] {what}: done in {wall:.2f} s", file=stream, flush=True)
             if warm:
@@ -160,10 +168,11 @@ def _run_cell_child(cell: Cell, timeout: float | None) -> dict[str, Any]:
                 proc.kill()
                 proc.wait(5)
             raise TimeoutError(f"{cell.label()} did not finish within {timeout} s") from None
-        if code != 0 or not result.exists():
-            raise RuntimeError(f"{cell.label()} failed (exit code {code}); its error is "
-                               f"printed above")
-        return json.loads(result.read_text())
+        doc = json.loads(result.read_text()) if result.exists() else {}
+        if code != 0 or "error" in doc:
+            why = doc.get("error") or "its error is printed above"
+            raise RuntimeError(f"{cell.label()} failed (exit code {code}): {why}")
+        return doc
 
 
 def environment() -> dict[str, Any]:
@@ -229,11 +238,15 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
              encodings: list[str] | None = None,
              run_dir: Path, in_process: bool = False, timeout: float | None = None,
              parameters: dict[str, Any] | None = None, render: bool = True,
-             hooks: Any = None) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+             hooks: Any = None, sources: dict[str, str] | None = None,
+             ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Run every cell, write the run folder, render its report; return (folder, stages,
     runs). Cells run in child processes unless ``in_process`` (or ``hooks``: a profiler
     needs the cells' processes, so hooks imply in-process cells). ``hooks.extra()`` may add
-    ``(profile_stages DataFrame, meta additions)`` to the run folder."""
+    ``(profile_stages DataFrame, meta additions)`` to the run folder. ``sources`` maps a
+    workload name to work pickled by ``stagecost.measure``. A cell whose workload cannot
+    run on its backend (Dask's p2p shuffle off distributed) is not run: the report says
+    why, and it does not count as failed."""
     from harness.report.schema import SCHEMA_VERSION, write_tables
 
     for b in backends:
@@ -252,10 +265,24 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     from dataclasses import replace
 
     encodings = encodings or [options.encoding]
+    sources = sources or {}
     cells = [Cell(w, n, b, replace(options, encoding=e), repeats, warmups,
-                  label_encoding=len(encodings) > 1 and b in ENCODED_BACKENDS)
+                  label_encoding=len(encodings) > 1 and b in ENCODED_BACKENDS,
+                  source=sources.get(w))
              for w in workloads for n in sizes for b in backends
              for e in (encodings if b in ENCODED_BACKENDS else encodings[:1])]
+    skipped: list[dict[str, str]] = []
+    for w in workloads:
+        for b in backends:
+            why = not_applicable(w, b)
+            if why:
+                skipped.append({"cell": f"{w} on {b}", "reason": why})
+                notes.append(f"{b}: {w} not applicable: {why}")
+                print(f"[{w} {b}] not applicable: {why}", file=sys.stderr, flush=True)
+    cells = [c for c in cells if not not_applicable(c.workload, c.backend)]
+    if not cells:
+        raise ValueError("no configuration applies: " + "; ".join(
+            f"{s['cell']}: {s['reason']}" for s in skipped))
     failed: list[dict[str, str]] = []
     for cell in cells:
         n, b = cell.n_tasks, cell.backend_label
@@ -280,7 +307,7 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     if failed and len(failed) == len(cells):
         raise RuntimeError("no configuration finished: " + "; ".join(f["error"] for f in failed))
     env = environment()
-    meta = {"failed_cells": failed, "schema_version": SCHEMA_VERSION, "created_utc": created,
+    meta = {"failed_cells": failed, "not_applicable_cells": skipped, "schema_version": SCHEMA_VERSION, "created_utc": created,
             "parameters": {**(parameters or {}), "workloads": workloads, "sizes": sizes,
                            "backends": backends, "repeats": repeats,
                            "options": asdict(options), "workload_shapes": workload_params,

@@ -30,10 +30,12 @@ import numpy as np
 
 from scheduler.graph.keys import Key, RegularKeys
 from scheduler.graph.layers import Blockwise, LayerGraph, Reduction, Shuffle, blockwise
+from scheduler.graph.lowering import reduction_levels
 from scheduler.graph.lowgraph import TaskGraph, TaskGroup
 from scheduler.graph.task import BlockArg, DepList, IndexSlot, Task
 
-__all__ = ["WORKLOADS", "Workload", "build", "describe"]
+__all__ = ["SEED", "WORKLOADS", "Workload", "build", "describe", "materialized_layers", "names",
+           "not_applicable"]
 
 
 # --- task functions (imported by workers by reference) ----------------------------------
@@ -85,6 +87,11 @@ class Workload:
     outputs: list[Key]
     n_tasks: int
     graph_builder: Callable[[], TaskGraph] | None = field(default=None, compare=False)
+    dask: Callable[[], Any] | None = field(default=None, compare=False)
+    """How Dask builds it: a zero-argument callable returning a ``harness.dask_work.DaskWork``.
+    Workloads written with Dask's APIs (the realistic ones, users' own) have only this: the
+    reference system runs the graph Dask generates and optimises (``layers`` is ``None``,
+    ``outputs`` empty: the keys are Dask's, known once the graph is built)."""
 
     def lower(self) -> TaskGraph:
         """The low-level graph (lowered layers, or the direct builder for random-dag)."""
@@ -95,22 +102,29 @@ class Workload:
 
     def layer_graph(self) -> LayerGraph:
         """The workload as high-level layers (a workload built without layers, random-dag,
-        becomes one Materialized layer: per-task work, like an imported graph)."""
+        becomes Materialized layers: per-task work, like an imported graph)."""
         if self.layers is not None:
             return self.layers
-        from scheduler.graph.layers import Materialized
-
-        tasks = self.lower().to_dict()
-        outputs = set(self.outputs)
-        body = {k: v for k, v in tasks.items() if k not in outputs}
-        last = {k: tasks[k] for k in self.outputs}
-        return LayerGraph([Materialized(f"{self.name}-body", body),
-                           Materialized(self.output_layer, last)])
+        return materialized_layers(self.lower(), self.outputs, self.name)
 
     @property
     def output_layer(self) -> str:
         k = self.outputs[0]
         return k if isinstance(k, str) else k[0]
+
+
+def materialized_layers(graph: TaskGraph, outputs: list[Key], name: str) -> LayerGraph:
+    """A low-level graph as two Materialized layers, the body and the outputs (named after
+    the first output's key), for the ``layers`` encoding of graphs that have no layers."""
+    from scheduler.graph.keys import key_name
+    from scheduler.graph.layers import Materialized
+
+    tasks = graph.to_dict()
+    wanted = set(outputs)
+    body = {k: v for k, v in tasks.items() if k not in wanted}
+    last = {k: tasks[k] for k in outputs}
+    return LayerGraph([Materialized(f"{name}-body", body),
+                       Materialized(key_name(outputs[0]), last)])
 
 
 def _elementwise(n: int) -> Workload:
@@ -238,6 +252,31 @@ def _random_dag(n: int, width: int = 0, max_deps: int = 3, window: int = 4,
                                                            seed))
 
 
+def ones_block_sum(side: int) -> float:
+    """The sum of a ``side**3`` block of ones, as Dask's fused ``ones`` + chunk ``sum`` task
+    computes it."""
+    return float(np.ones((side, side, side)).sum())
+
+
+def _ones_sum_count(blocks: int, split_every: int) -> int:
+    return blocks ** 3 + sum(reduction_levels(blocks ** 3, split_every))
+
+
+def _ones_sum(n: int, chunk: int = 5, split_every: int = 8) -> Workload:
+    """``da.ones((chunk*b,)*3, chunks=chunk).sum()``: ``b**3`` blocks (one task each: Dask
+    fuses ``ones`` with the per-block ``sum``) and a tree of ``split_every`` (Dask's default
+    for a 3-d sum combines 2x2x2 blocks). ``b = 200`` is the 1000**3 array of 8,000,000
+    chunks (9,142,860 tasks)."""
+    guess = max(1, round((n * 7 / 8) ** (1 / 3)))  # the tree adds about a seventh
+    b = min(range(max(1, guess - 3), guess + 4),
+            key=lambda c: (abs(_ones_sum_count(c, split_every) - n), c))
+    layers = LayerGraph([blockwise("ones-sum", (b, b, b), ones_block_sum, chunk),
+                         Reduction("total", "ones-sum", total, split_every=split_every)])
+    return Workload("ones-sum", n, {"blocks_per_side": b, "chunk": chunk,
+                                    "shape": [chunk * b] * 3, "split_every": split_every},
+                    layers, [("total", 0)], layers.n_tasks)
+
+
 WORKLOADS: dict[str, Callable[..., Workload]] = {
     "elementwise": _elementwise,
     "reduction": _reduction,
@@ -246,27 +285,64 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
     "fanout": _fanout,
     "random-dag": _random_dag,
 }
+"""The synthetic workloads: the reference's own layers, and the same structure on Dask."""
+
+SEED: dict[str, Callable[..., Workload]] = {"ones-sum": _ones_sum}
+"""The seed example: Dask's ``da.ones(...).sum()``, on the reference as its own layers (the
+client never builds the blocks' tasks with the ``layers`` encoding)."""
+
+
+def names() -> list[str]:
+    """Every built-in workload: synthetic, the seed example, then the realistic ones written
+    with Dask's APIs (``harness.dask_workloads``)."""
+    from harness.dask_workloads import DASK_WORKLOADS
+
+    return [*WORKLOADS, *SEED, *DASK_WORKLOADS]
 
 
 def build(name: str, n_tasks: int, **params: Any) -> Workload:
     """Build workload ``name`` with about ``n_tasks`` tasks (the real count is reported)."""
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)}")
-    if not isinstance(n_tasks, int) or n_tasks < 2:
+    from harness.dask_workloads import DASK_WORKLOADS, build_dask
+
+    if name not in WORKLOADS and name not in SEED and name not in DASK_WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(names())}, "
+                         f"or give your own as FILE.py:FUNCTION or package.module:FUNCTION")
+    if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 2:
         raise ValueError(f"n_tasks must be an int >= 2, got {n_tasks!r}")
-    return WORKLOADS[name](n_tasks, **params)
+    if name in DASK_WORKLOADS:
+        if params:
+            raise TypeError(f"{name} takes no parameters but its size, got {sorted(params)}")
+        return build_dask(name, n_tasks)
+    return {**WORKLOADS, **SEED}[name](n_tasks, **params)
+
+
+def not_applicable(name: str, backend: str) -> str | None:
+    """Why workload ``name`` cannot run on ``backend``, or ``None`` (users' workloads: it is
+    their graph that says, when it runs)."""
+    if ":" in name or name in WORKLOADS or name in SEED:
+        return None
+    from harness.dask_workloads import not_applicable as dask_not_applicable
+
+    return dask_not_applicable(name, backend)
 
 
 def describe() -> list[dict[str, Any]]:
-    """Name, parameters (with defaults) and one-line summary of every workload."""
+    """Name, parameters (with defaults), one-line summary and kind (``synthetic``, ``seed``,
+    ``dask``) of every workload."""
     import inspect
 
+    from harness.dask_workloads import DASK_WORKLOADS
+
     out = []
-    for name, fn in WORKLOADS.items():
-        sig = inspect.signature(fn)
-        params = {p.name: p.default for p in list(sig.parameters.values())[1:]}
-        out.append({"name": name, "parameters": params,
-                    "summary": _SUMMARIES[name]})
+    for kind, table in (("synthetic", WORKLOADS), ("seed", SEED)):
+        for name, fn in table.items():
+            sig = inspect.signature(fn)
+            params = {p.name: p.default for p in list(sig.parameters.values())[1:]}
+            out.append({"name": name, "parameters": params, "summary": _SUMMARIES[name],
+                        "kind": kind})
+    for name, spec in DASK_WORKLOADS.items():
+        out.append({"name": name, "parameters": {}, "summary": spec.summary, "kind": "dask",
+                    **({"only_on": list(spec.only_on)} if spec.only_on else {})})
     return out
 
 
@@ -277,4 +353,5 @@ _SUMMARIES = {
     "chain": "many independent chains of inc tasks (linear fusion target)",
     "fanout": "one root read by many tasks, gathered by a wide tree",
     "random-dag": "seeded layered random DAG with 1..max_deps dependencies per task",
+    "ones-sum": "the seed example: da.ones((5b,)*3, chunks=5).sum(); b=200 is 8M chunks",
 }

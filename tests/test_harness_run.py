@@ -376,14 +376,20 @@ def test_compare_flags_a_2x_slowdown_with_exit_code_2(run: RunOutput, tmp_path: 
 
 # --- stagecost workloads ---------------------------------------------------------------------------
 
-def test_workloads_json_lists_all_six(tmp_path: Path) -> None:
+def test_workloads_json_lists_every_workload_with_its_kind(tmp_path: Path) -> None:
     done = stagecost("workloads", "--json", cwd=tmp_path)
     assert done.code == 0, done.stderr
     items = json.loads(done.stdout)
     names = [item["name"] for item in items]
-    assert names == list(WORKLOADS)
-    assert set(names) == {"elementwise", "reduction", "shuffle", "chain", "fanout",
-                          "random-dag"}
+    assert names[:6] == list(WORKLOADS)
+    assert set(names[:6]) == {"elementwise", "reduction", "shuffle", "chain", "fanout",
+                              "random-dag"}
+    kinds = {item["name"]: item["kind"] for item in items}
+    assert kinds["ones-sum"] == "seed"
+    assert {kinds[n] for n in ("climatology", "rechunk", "matmul", "map-overlap",
+                               "set-index-tasks", "groupby-p2p", "merge-tasks")} == {"dask"}
+    only = {item["name"]: item.get("only_on") for item in items}
+    assert only["merge-p2p"] == ["dask-distributed"] and only["merge-tasks"] is None
     assert all(isinstance(item["parameters"], dict) and item["summary"] for item in items)
 
 

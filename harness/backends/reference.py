@@ -3,7 +3,8 @@ scheduler) and ``reference-inproc`` (both state machines in this process).
 
 What is timed, per repeat: ``generate`` = building the workload's layers and lowering them
 (or, with ``encoding="layers"``, only building them); ``optimize`` = culling to the outputs
-(and fusion with ``fuse``); the rest is recorded by the reference system itself.
+(and fusion with ``fuse``); the rest is recorded by the reference system itself. Workloads
+written with Dask's APIs have Dask generate and optimise their graph (``reference_dask``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.backends.base import Backend, BackendError, Measurement, RunOptions
+from harness.backends.reference_dask import prepare_dask, results_in_order
 from harness.workloads import Workload
 from scheduler.graph.layers import LayerGraph
 from scheduler.graph.lowgraph import TaskGraph
@@ -84,7 +86,21 @@ class ReferenceBackend(Backend):
         opts = self.options
         tasks = getattr(progress, "tasks", None)
         t0 = now_ns()
-        if opts.encoding == "layers":
+        outputs, dask_spans, extra = workload.outputs, [], {}
+        if workload.layers is None and workload.dask is not None:  # built with Dask's APIs
+            prep = prepare_dask(workload, opts.record)
+            outputs, dask_spans = prep.outputs, prep.spans
+            if opts.encoding == "layers":
+                layers, out = prep.layers(workload.name)
+                result = client.run(layers, encoding="layers", timeout=opts.timeout,
+                                    output_layers=[out], progress=progress,
+                                    task_progress=tasks)
+            else:
+                result = client.run(prep.graph, outputs, timeout=opts.timeout,
+                                    progress=progress, task_progress=tasks)
+            tasks_run: int | None = prep.graph.n
+            extra["results"] = results_in_order(result.results, outputs)
+        elif opts.encoding == "layers":
             layers = prepare_layers(workload, client.recorder, opts.fuse)
             result = client.run(layers, encoding="layers", timeout=opts.timeout,
                                 output_layers=[workload.output_layer], progress=progress,
@@ -96,14 +112,14 @@ class ReferenceBackend(Backend):
                                 progress=progress, task_progress=tasks)
             tasks_run = graph.n
         t_end = now_ns()
-        if len(result.results) != len(workload.outputs):
+        if len(result.results) != len(outputs):
             raise BackendError(f"{len(result.results)} results for "
-                               f"{len(workload.outputs)} outputs")
-        spans = client.spans(drain=True)
+                               f"{len(outputs)} outputs")
+        spans = dask_spans + client.spans(drain=True)
         if tasks_run is None:  # lowered on the scheduler: it says how many tasks there were
             tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph),
                             default=None)
-        return Measurement(spans, t0, t_end, tasks_run, result.nbytes)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes, extra=extra)
 
     def pids(self) -> dict[str, int]:
         import os
@@ -140,7 +156,17 @@ class InprocBackend(Backend):
         opts = self.options
         cluster = InProcessCluster(opts.workers, opts.threads, record=opts.record)
         t0 = now_ns()
-        if opts.encoding == "layers":
+        dask_spans, extra = [], {}
+        if workload.layers is None and workload.dask is not None:  # built with Dask's APIs
+            prep = prepare_dask(workload, opts.record)
+            dask_spans = prep.spans
+            if opts.encoding == "layers":
+                layers, out = prep.layers(workload.name)
+                result = cluster.run(layers, encoding="layers", output_layers=[out])
+            else:
+                result = cluster.run(prep.graph, prep.outputs, encoding=opts.encoding)
+            extra["results"] = results_in_order(result.results, prep.outputs)
+        elif opts.encoding == "layers":
             layers = prepare_layers(workload, cluster.client_rec, opts.fuse)
             result = cluster.run(layers, encoding="layers",
                                  output_layers=[workload.output_layer])
@@ -148,9 +174,9 @@ class InprocBackend(Backend):
             graph = prepare_graph(workload, cluster.client_rec, opts.fuse)
             result = cluster.run(graph, workload.outputs, encoding=opts.encoding)
         t_end = now_ns()
-        spans = cluster.spans()
+        spans = dask_spans + cluster.spans()
         tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph), default=None)
-        return Measurement(spans, t0, t_end, tasks_run, result.nbytes)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes, extra=extra)
 
     def pids(self) -> dict[str, int]:
         import os
