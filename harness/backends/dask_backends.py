@@ -216,18 +216,35 @@ class DistributedBackend(_DaskBackend):
                                             dashboard_address=None,
                                             silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
-            workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
-            self._roles = {a: f"worker-{i}" for i, a in enumerate(workers)}
-            self._offsets = self._clock_offsets() if opts.scheduler_address else {}
-            if opts.record:
-                self._install()
-            else:
-                self._pids = {"scheduler": self.client.run_on_scheduler(os.getpid)}
-                for addr, pid in self.client.run(os.getpid).items():
-                    self._pids[self._roles.get(addr, addr)] = pid
+            self._hook_up(remote=bool(opts.scheduler_address))
         except (OSError, TimeoutError, RuntimeError, ValueError) as e:
             self.close()
             raise BackendError(f"could not start or reach the Dask cluster: {e}") from e
+
+    @classmethod
+    def attached(cls, client: Any, options: RunOptions | None = None) -> DistributedBackend:
+        """This backend's hooks on a client someone else started (``stagecost.record``):
+        nothing is started, and ``detach`` removes the hooks and nothing else."""
+        self = cls(options or RunOptions())
+        self.client = client
+        try:
+            self._hook_up(remote=True)
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def _hook_up(self, remote: bool) -> None:
+        """Name the workers, estimate remote clocks, install the hooks (recording on)."""
+        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        self._roles = {a: f"worker-{i}" for i, a in enumerate(workers)}
+        self._offsets = self._clock_offsets() if remote else {}
+        if self.options.record:
+            self._install()
+        else:
+            self._pids = {"scheduler": self.client.run_on_scheduler(os.getpid)}
+            for addr, pid in self.client.run(os.getpid).items():
+                self._pids[self._roles.get(addr, addr)] = pid
 
     def _install(self) -> None:
         import distributed.client as dclient
@@ -423,8 +440,7 @@ class DistributedBackend(_DaskBackend):
                 "address": self.client.scheduler.address if self.client else None,
                 "scheduler_in_client_process": self._pids.get("scheduler") == os.getpid()}
 
-    def close(self) -> None:
-        client, self.client = self.client, None
+    def _unhook(self, client: Any) -> None:
         try:
             if client is not None and self._installed:
                 with contextlib.suppress(Exception):
@@ -435,6 +451,17 @@ class DistributedBackend(_DaskBackend):
             if self._patches is not None:
                 self._patches.restore()
                 self._patches = None
+
+    def detach(self) -> None:
+        """Remove the hooks from an ``attached`` client, leaving it and its cluster be."""
+        client, self.client = self.client, None
+        self._unhook(client)
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        try:
+            self._unhook(client)
+        finally:
             if client is not None:
                 client.close()
             if self.cluster is not None:
