@@ -2,32 +2,44 @@
 
 Runs one cell (see ``harness.runner.run_cell``) and writes its result as JSON to
 RESULT_PATH. Exit code 0 on success; on failure the error is printed and the code is 1.
+On Ctrl-C the finished repeats are written (``interrupted`` true) and the code is 130; no
+traceback, since stopping is what the user asked for. With ``STAGECOST_PROGRESS_EVENTS``
+set, progress goes to stderr as events for the parent (``harness.progress``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
 
 def main(argv: list[str]) -> int:
-    from harness.runner import Cell, run_cell
+    from harness.exit_codes import ExitCode
+    from harness.progress import JsonEvents
+    from harness.runner import EVENTS_ENV, Cell, run_cell
 
     if len(argv) != 2:
         print("usage: python -m harness.child CELL_JSON RESULT_PATH", file=sys.stderr)
         return 2
     cell = Cell.from_json(argv[0])
+    events = JsonEvents(sys.stderr) if os.environ.get(EVENTS_ENV) else None
     try:
-        result = run_cell(cell)
+        result = run_cell(cell, events=events)
+    except KeyboardInterrupt:  # before the first run or while closing: nothing to keep
+        return ExitCode.INTERRUPTED
     except Exception:
         traceback.print_exc()
         print(f"error: {cell.label()} failed (see above)", file=sys.stderr)
         return 1
     with open(argv[1], "w") as f:
         json.dump(result, f)
-    return 0
+    return ExitCode.INTERRUPTED if result.get("interrupted") else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # a second Ctrl-C while writing: leave quietly
+        sys.exit(130)

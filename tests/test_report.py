@@ -6,9 +6,13 @@ backend costs ``scale * 0.5 µs * i * n**exponent``, so exponents and ratios are
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import html.parser
+import io
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +60,10 @@ def make_run(path: Path, spec: SyntheticSpec = NA_SPEC, profile: bool = False,
     write_tables(path, stages, spans, runs, synthetic_meta(spec, **extra),
                  synthetic_profile() if profile else None)
     return path
+
+
+def with_seed(spec: SyntheticSpec, seed: int) -> SyntheticSpec:
+    return dataclasses.replace(spec, seed=seed)
 
 
 def rewrite_csv(path: Path, edit: Callable[[pd.DataFrame], pd.DataFrame | None]) -> None:
@@ -216,7 +224,8 @@ def test_summary_keeps_not_applicable_distinct_from_zero() -> None:
     # ... and the rendering says so.
     assert format_value(float("nan")) == "n/a" and format_value(0.0) == "0"
     md = markdown_table(pd.concat([na, measured_zero])[["stage", "seconds_median"]])
-    assert "| dispatch | n/a |" in md and "| optimize | 0 |" in md
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[2:]]
+    assert ["dispatch", "n/a"] in cells and ["optimize", "0"] in cells
 
 
 def test_stage_totals_sum_roles_and_prefer_role_all() -> None:
@@ -385,23 +394,31 @@ def test_render_single_run(rendered: tuple[Path, Path, Path]) -> None:
     assert tags.count("table") >= 5  # settings, stages, run summary, profile x2, ...
     assert "script" not in tags  # the note was escaped
     assert "<script>alert(1)</script> & friends" in "".join(page.text)
+    # Every figure is embedded in the page, and is the PNG the Markdown links.
     imgs = [a["src"] for t, a in page.tags if t == "img"]
-    assert "figures/stacked.png" in imgs
-    assert any(s and s.startswith("figures/timeline-") for s in imgs)
-    assert any(s and s.startswith("figures/scaling-") for s in imgs)
-    assert any(s and s.startswith("figures/ratio-") for s in imgs)
+    md = md_path.read_text(encoding="utf-8")
+    linked = re.findall(r"!\[[^]]*\]\((figures/[^)]+)\)", md)
+    assert len(imgs) == len(linked) >= 4
+    for stem in ("figures/stacked.png", "figures/timeline-", "figures/scaling-",
+                 "figures/ratio-"):
+        assert any(f.startswith(stem) for f in linked), stem
+    for src, file in zip(imgs, linked, strict=True):
+        assert src is not None and src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert data == (run / file).read_bytes()
+        img = matplotlib.image.imread(io.BytesIO(data))
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
     links = [a["href"] for t, a in page.tags if t == "a"]
     assert "profiles/scheduler.speedscope.json" in links
-    for src in imgs:
-        assert src is not None
-        img = matplotlib.image.imread(run / src)
-        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
-    md = md_path.read_text(encoding="utf-8")
     assert md.startswith("# stagecost report: run")
-    for needle in ("## Stage costs", "## Run summary", "| dispatch |", "n/a", "83.0%",
-                   "schedule+dispatch: Dask does both in one handler", "## Scaling",
-                   "## Backends compared with reference", "![stacked stage costs]"):
+    for needle in ("## Stage costs, ranked", "## Run summary", "n/a", "83.0%",
+                   "schedule+dispatch: Dask does both in one handler", "### Scaling",
+                   "### Backends compared with reference", "![stacked stage costs]"):
         assert needle in md, needle
+    # The answer first, the metadata last.
+    order = [md.index(h) for h in ("**dask-distributed · elementwise", "## Stage costs",
+                                   "## Figures", "## Runs", "| created_utc")]
+    assert order == sorted(order)
 
 
 def test_render_is_idempotent(rendered: tuple[Path, Path, Path]) -> None:
@@ -426,14 +443,18 @@ def test_render_several_runs_adds_scaling_and_comparison(tmp_path: Path) -> None
     a, b = make_run(tmp_path / "a", small), make_run(tmp_path / "b", big)
     html_path, md_path = render_report([a, b], tmp_path / "out")
     md = md_path.read_text(encoding="utf-8")
-    assert "## Scaling" in md and "| reference | elementwise | wall |" in md
-    assert "## Backends compared" not in md  # one backend only
+    assert "### Scaling" in md
+    assert re.search(r"^\| reference\s*\| elementwise\s*\| wall\s*\|", md, re.M)
+    assert "Backends compared" not in md  # one backend only
     assert (tmp_path / "out" / "figures" / "scaling-elementwise.png").is_file()
     page = parse_html(html_path.read_text(encoding="utf-8"))
     assert [t for t, _ in page.tags].count("img") >= 3
-    again = make_run(tmp_path / "a_again", small)
-    with pytest.raises(RunFolderError, match="also in"):
-        render_report([a, again], tmp_path / "o")
+    # Two runs of one configuration are compared side by side, labelled by run.
+    again = make_run(tmp_path / "a_again", with_seed(small, 3))
+    _, md_path = render_report([a, again], tmp_path / "o")
+    md = md_path.read_text(encoding="utf-8")
+    assert "### Backends compared with reference [a]" in md
+    assert "reference [a_again]" in md
 
 
 def test_render_unknown_reference_is_refused(tmp_path: Path) -> None:
