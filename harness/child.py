@@ -3,7 +3,9 @@
 Runs one cell (see ``harness.runner.run_cell``) and writes its result as JSON to
 RESULT_PATH. Exit code 0 on success; on failure the error is printed and the code is 1.
 On Ctrl-C the finished repeats are written (``interrupted`` true) and the code is 130; no
-traceback, since stopping is what the user asked for. With ``STAGECOST_PROGRESS_EVENTS``
+traceback, since stopping is what the user asked for. Only the first Ctrl-C counts: later
+ones are ignored so that the cluster is closed cleanly (the parent kills a child that takes
+longer than its grace period). With ``STAGECOST_PROGRESS_EVENTS``
 set, progress goes to stderr as events for the parent (``harness.progress``).
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
+from types import FrameType
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +29,15 @@ def main(argv: list[str]) -> int:
         return 2
     cell = Cell.from_json(argv[0])
     events = JsonEvents(sys.stderr) if os.environ.get(EVENTS_ENV) else None
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if events is not None:
+            events.interrupted()
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupted)
     try:
         result = run_cell(cell, events=events)
     except KeyboardInterrupt:  # before the first run or while closing: nothing to keep

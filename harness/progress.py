@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,10 @@ class JsonEvents:
     def done(self, what: str, wall_s: float) -> None:
         self._send(ev="done", what=what, wall_s=wall_s)
 
+    def interrupted(self) -> None:
+        """Tell the parent that this child got Ctrl-C (so it need not pass it on)."""
+        self._send(ev="interrupted")
+
 
 @dataclass(frozen=True)
 class CellPlan:
@@ -175,6 +180,9 @@ class GridProgress:
         self.started_at = clock()
         self.last_refresh = -math.inf
         self.plain: PlainEvents | None = None
+        self.child_interrupted = threading.Event()
+        self.hidden = 0              # child lines not shown after Ctrl-C
+        self.quiet = False
         self.bar: Any = None
         if self.terminal:
             from tqdm import tqdm
@@ -212,8 +220,19 @@ class GridProgress:
                     self._fraction(kind, int(ev["done"]), int(ev["total"]))
                 elif kind == "done":
                     self._done(str(ev["what"]), float(ev["wall_s"]))
+                elif kind == "interrupted":
+                    self.child_interrupted.set()
+                    self.hush()
                 return
+        if self.quiet:
+            self.hidden += 1
+            return
         self.write(line.rstrip("\n"))
+
+    def hush(self) -> None:
+        """After Ctrl-C: what children print while they shut down (Dask's cancelled tasks,
+        tracebacks of interrupted worker processes) is counted, not shown."""
+        self.quiet = True
 
     def write(self, text: str) -> None:
         """A message above the bar (or a plain line)."""
@@ -235,6 +254,10 @@ class GridProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.hidden:
+            print(f"({self.hidden:,} lines the interrupted processes printed while stopping "
+                  "are not shown)", file=self.stream, flush=True)
+            self.hidden = 0
 
     # --- events of the cell under way --------------------------------------------------------
 

@@ -167,9 +167,14 @@ def _run_cell_child(cell: Cell, timeout: float | None,
             _stop(proc, 0.0)
             raise TimeoutError(f"{cell.label()} did not finish within {timeout} s") from None
         except KeyboardInterrupt:
-            # Ctrl-C in a terminal reached the child too; a SIGINT sent to this process
-            # alone did not: pass it on, so that the child stops and writes what it has.
-            if proc.poll() is None:
+            # Ctrl-C in a terminal reaches the child too, and the child says so; a SIGINT
+            # sent to this process alone does not: then pass it on, so that the child stops
+            # and writes what it has (once: a second one would cut its cleanup short).
+            if progress is not None:
+                progress.hush()
+                progress.child_interrupted.wait(1.0)
+            told = progress is not None and progress.child_interrupted.is_set()
+            if not told and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
             _stop(proc, INTERRUPT_GRACE)
             reader.join(5)

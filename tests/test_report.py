@@ -461,3 +461,81 @@ def test_render_unknown_reference_is_refused(tmp_path: Path) -> None:
     run = make_run(tmp_path / "r", SyntheticSpec(sizes=(1_000,), repeats=1))
     with pytest.raises(ValueError, match="not in these runs"):
         render_report([run], tmp_path / "out", reference="dask-threads")
+
+
+# -------------------------------------------------------------------------------- headline
+
+
+def md_tables(md: str) -> list[pd.DataFrame]:
+    """Every pipe table of a Markdown document, as text cells."""
+    tables, block = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            tables.append(pd.DataFrame(block[2:], columns=block[0]))
+            block = []
+    return tables
+
+
+def test_the_headline_figures_are_the_tables_figures(rendered: tuple[Path, Path, Path]) -> None:
+    _, _, md_path = rendered
+    md = md_path.read_text(encoding="utf-8")
+    tables = md_tables(md)
+    head = next(t for t in tables if "top stage" in t.columns)
+    ranked = next(t for t in tables if "rank" in t.columns)
+    summary = next(t for t in tables if "wall s (median)" in t.columns)
+    key = ["backend", "workload", "n_tasks"]
+    assert len(head) == 4  # 2 backends x 2 sizes
+    for row in head.itertuples(index=False):
+        cfg = (row.backend, row.workload, row.n_tasks)
+        top = ranked[(ranked[key].apply(tuple, axis=1) == cfg) & (ranked["rank"] == "1")]
+        runs = summary[summary[key].apply(tuple, axis=1) == cfg]
+        assert len(top) == 1 and len(runs) == 1
+        # The table beside the headline and the sentences say what the tables say.
+        assert row[3] == runs["first task s (median)"].item()
+        assert row[4] == runs["wall s (median)"].item()
+        assert row[5] == top["stage"].item()
+        assert row[6] == top["busy s (median)"].item()
+        assert row[7] == top["% of wall"].item()
+        sentence = (f"**{row.backend} · {row.workload} · n={row.n_tasks}: first task after "
+                    f"{row[3]} s; last result after {row[4]} s; {row[5]} dominates with "
+                    f"{row[6]} s busy, {row[7]} % of wall.")
+        assert sentence in md, sentence
+    # ... and the ranked table is ranked: busy seconds fall with the rank.
+    for _, g in ranked[ranked["rank"] != "n/a"].groupby(key):
+        busy = [float(v.replace(",", "")) for v in g["busy s (median)"]]
+        assert busy == sorted(busy, reverse=True) and list(g["rank"]) == [
+            str(i) for i in range(1, len(g) + 1)]
+
+
+def test_headline_table_matches_summaries_numerically() -> None:
+    stages, _, runs = synthetic_tables(NA_SPEC)
+    summary, rsum = T.stage_summary(stages), T.run_summary(runs)
+    head = T.headline(summary, rsum)
+    for row in head.itertuples(index=False):
+        mine = summary[(summary["backend"] == row.backend) & (summary["n_tasks"] == row.n_tasks)]
+        wall = rsum[(rsum["backend"] == row.backend) & (rsum["n_tasks"] == row.n_tasks)]
+        assert row.top_stage_s == mine["seconds_median"].max()
+        assert row.top_stage == mine.loc[mine["seconds_median"].idxmax(), "stage"]
+        assert row.wall_s == wall["wall_s_median"].item()
+        assert row.top_share_of_wall == pytest.approx(row.top_stage_s / row.wall_s)
+    # Without stage rows (recording off) the headline still has wall and first task.
+    bare = T.headline(T.stage_summary(stages.iloc[0:0]), rsum)
+    assert bare["top_stage"].eq("").all() and bare["wall_s"].notna().all()
+
+
+def test_side_by_side_panels_share_their_y_axis() -> None:
+    stages, _, runs = synthetic_tables(NA_SPEC)  # dask-distributed costs 10x the reference
+    fig = F.stacked_stages_figure(T.stage_summary(stages), T.run_summary(runs))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"reference", "dask-distributed"}
+    ref, dask = panels["reference"], panels["dask-distributed"]
+    assert ref.get_ylim() == dask.get_ylim()
+    # Stage i costs i units (x10 for Dask, whose dispatch, stage 7, is n/a): the bars'
+    # heights on the shared axis keep that ratio, (36 - 7) * 10 / 36.
+    tops = {name: max(bar.get_y() + bar.get_height() for bar in ax.patches)
+            for name, ax in panels.items()}
+    assert tops["dask-distributed"] / tops["reference"] == pytest.approx(290 / 36, rel=0.05)
+    assert max(tops.values()) <= ref.get_ylim()[1]
+    fig.clear()

@@ -28,9 +28,8 @@ def config_key(meta: Mapping[str, Any], backend: str, workload: str, n_tasks: in
     """The canonical configuration key of one (backend, workload, n_tasks) of a run."""
     params = meta.get("parameters") or {}
     options = params.get("options") or {}
-    base, _, enc = backend.partition("/")
-    if not enc:
-        enc = options.get("encoding") if base in _ENCODED else None
+    base, _, label_encoding = backend.partition("/")
+    enc = label_encoding or (options.get("encoding") if base in _ENCODED else None)
     key = {
         "backend": backend, "workload": workload, "n_tasks": int(n_tasks),
         "workers": options.get("workers"), "threads": options.get("threads"),
