@@ -152,6 +152,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="folder for --trend")
     hist.add_argument("--factor", type=float, default=1.10,
                       help="ratio beyond which a significant change is marked (default 1.10)")
+    hist.add_argument("--asv-export", type=Path, default=None, metavar="DIR",
+                      help="write the listed runs as asv results into DIR (then `asv publish "
+                           "--config DIR/asv.conf.json` draws them)")
     hist.add_argument("--json", action="store_true", help="print the listing as JSON")
     wl = sub.add_parser("workloads", help="list workloads and their parameters")
     wl.add_argument("--json", action="store_true", help="print JSON")

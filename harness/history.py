@@ -9,6 +9,7 @@ Rules of this module:
 - Filters narrow the rows (workload, backend, task count, commit prefix, machine, the K
   latest runs); ``--trend -o DIR`` writes ``history.html`` and ``history.md`` with one trend
   figure per configuration listed (``report.trend``), self-contained like a report.
+- ``--asv-export DIR`` writes the listed runs as asv results (``store.asv``).
 - Reads the store only (``--add`` records folders first); never measures.
 """
 
@@ -128,6 +129,19 @@ def _write_trends(store: ResultsStore, listing: pd.DataFrame, out: Path,
     return html, md
 
 
+def _repository() -> str:
+    """The git repository stagecost runs from (where stored commits live), else ``..``."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ".."
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else ".."
+
+
 def history_command(args: argparse.Namespace) -> int:
     """The ``history`` subcommand (see the module rules)."""
     from harness.output_paths import prepare_folder
@@ -140,6 +154,8 @@ def history_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--factor must be above 1, got {args.factor}")
     if args.output is not None:
         prepare_folder(args.output)
+    if args.asv_export is not None:
+        prepare_folder(args.asv_export, what="--asv-export")
     path = default_store_path(args.store)
     with ResultsStore(path, create=bool(args.add)) as store:
         for folder in args.add:
@@ -152,6 +168,14 @@ def history_command(args: argparse.Namespace) -> int:
         if args.trend:
             html, _ = _write_trends(store, listing, args.output, args.factor)
             print(f"history: {html}  (and history.md)", file=sys.stderr)
+        if args.asv_export is not None:
+            from harness.store.asv import export_asv
+
+            ids = sorted({int(r[1:]) for r in listing["run"]})
+            files, left = export_asv(store, args.asv_export, ids, repo=_repository())
+            print(f"asv results: {files} file(s) in {args.asv_export / 'results'}"
+                  + (f"; {left} run(s) without a clean commit left out" if left else ""),
+                  file=sys.stderr)
     if args.json:
         print(listing.to_json(orient="records"))
     elif listing.empty:

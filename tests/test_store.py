@@ -207,3 +207,43 @@ def test_configuration_keys_ignore_option_order_and_the_timeout() -> None:
         config_key(meta(encoding="compact"), "dask-sync", "w", 10)
     assert '"encoding":"layers"' in config_key(meta(encoding="compact"), "reference/layers",
                                                "w", 10)
+
+
+def test_asv_export_is_read_and_published_by_asv(tmp_path: Path, store_path: Path) -> None:
+    import subprocess
+
+    import asv.results
+
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True, timeout=30)
+    commits = []
+    for msg in ("one", "two"):
+        subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", msg],
+                       check=True, timeout=30)
+        commits.append(subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                                      check=True, capture_output=True, text=True,
+                                      timeout=30).stdout.strip())
+    with ResultsStore(store_path) as store:
+        for i, (commit, scale) in enumerate(zip(commits, (1.0, 2.0), strict=True)):
+            store.add_folder(make_run(tmp_path / f"r{i}", scale=scale, seed=i, commit=commit,
+                                      created=f"2024-01-0{i + 1}T00:00:00Z"))
+        store.add_folder(make_run(tmp_path / "dirty", commit=commits[1] + "-dirty",
+                                  created="2024-01-03T00:00:00Z"))
+        from harness.store.asv import export_asv
+
+        assert export_asv(store, tmp_path / "asv", repo=str(repo)) == (2, 1)
+        walls = store.measures([1, 2]).query("stage == 'wall'").groupby("run_id")[
+            "seconds"].median()
+    name = "stagecost.elementwise.time_wall"
+    for run_id, commit in zip((1, 2), commits, strict=True):
+        res = asv.results.Results.load(str(tmp_path / "asv" / "results" / "box" /
+                                           f"{commit[:8]}-stagecost.json"))
+        assert res.commit_hash == commit
+        (value,) = res.get_result_value(name, res.get_result_params(name))
+        assert value == pytest.approx(walls[run_id])
+    done = subprocess.run(["asv", "publish", "--config", "asv.conf.json"],
+                          cwd=tmp_path / "asv", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    graphs = list((tmp_path / "asv" / "html" / "graphs").rglob("*.json"))
+    assert any(name in str(g) for g in graphs)
