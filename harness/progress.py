@@ -185,10 +185,14 @@ class GridProgress:
         self.quiet = False
         self.bar: Any = None
         if self.terminal:
+            import shutil
+
             from tqdm import tqdm
 
+            # a terminal that reports no width (0 columns) gets a usable one, not no bar
+            width = shutil.get_terminal_size((100, 24)).columns
             self.bar = tqdm(total=self.total_units, file=self.stream, unit=" tasks",
-                            unit_scale=True, dynamic_ncols=True, mininterval=0.1,
+                            unit_scale=True, ncols=width, mininterval=0.1,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
                                        "[{elapsed}<{remaining}] {postfix}")
             self._describe("")
