@@ -110,7 +110,7 @@ class Workload:
     @property
     def output_layer(self) -> str:
         k = self.outputs[0]
-        return k if isinstance(k, str) else k[0]
+        return k[0] if isinstance(k, tuple) else str(k)
 
 
 def _elementwise(n: int) -> Workload:

@@ -299,7 +299,7 @@ def test_bulky_literals_are_not_walked() -> None:
         # A zero-argument task holding the list, not the list itself.
         inner = spec.args[0] if spec.args else spec
         assert isinstance(inner, Task) and not inner.args
-    assert get_sync(dsk, ["s", "t", "b"]) == [sum(big), 1000, big]
+    assert get_sync(dsk, ["s", "t", "b"]) == (sum(big), 1000, big)
 
 
 # --- Task-spec graphs written by hand ---------------------------------------------------------
@@ -423,8 +423,8 @@ def test_missing_dependency_in_real_dask_graph() -> None:
 def test_unknown_requested_key_and_invalid_keys() -> None:
     with pytest.raises(UnknownKeyError, match="nope"):
         get_sync({"x": 1}, ["x", "nope"])
-    with pytest.raises(InvalidKeyError):
-        from_dask({1: 1, "y": (inc, 1)})
+    with pytest.raises(InvalidKeyError, match="is a bool"):
+        from_dask({True: 1, "y": (inc, 1)})
     with pytest.raises(InvalidKeyError):
         flatten_keys([["x"], {"not": "a key"}])
 
@@ -446,13 +446,15 @@ def test_flatten_and_pack_nested_keys() -> None:
     assert flatten_keys(("t", 1)) == [("t", 1)]
     assert flatten_keys([]) == []
     values = {"x": 1, ("t", 1): 2, "y": 3, ("t", 2.5, "s"): 4}
-    assert pack_results(keys, values.__getitem__) == [[1, 2], [[[3]], []], 1, 4]
+    # the structure of Dask's get protocol: lists of keys give tuples of values
+    assert pack_results(keys, values.__getitem__) == ((1, 2), (((3,),), ()), 1, 4)
     assert pack_results(("t", 1), values.__getitem__) == 2
-    assert pack_results([], values.__getitem__) == []
+    assert pack_results([], values.__getitem__) == ()
 
 
 def test_get_sync_nested_keys_and_culling() -> None:
-    assert get_sync(LEGACY, [["y", ["z"]], "x", ("t", 1)]) == [[2, [3]], 1, 5]
+    keys = [["y", ["z"]], "x", ("t", 1)]
+    assert get_sync(LEGACY, keys) == dask.get(LEGACY, keys) == ((2, (3,)), 1, 5)
     assert get_sync(LEGACY, "alias2") == 3
     culled = from_dask(LEGACY, ["z"])
     assert set(culled.keys()) == {"z", "y", "x"}
@@ -503,7 +505,7 @@ def _total(*parts: Any) -> int:
 def test_random_legacy_graphs_match_dask(dsk: dict) -> None:
     assert_same_structure(dsk)
     keys = list(dsk)
-    assert get_sync(dsk, keys) == list(dask.get(dsk, keys))
+    assert get_sync(dsk, keys) == dask.get(dsk, keys)
 
 
 def test_fused_task_keeps_inputs_its_inner_graph_ignores() -> None:

@@ -70,23 +70,21 @@ def neg(x):
 # --- keys ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["x", "", ("x",), ("x", 0), ("x", 1, 2, 3), ("x", "y", 2.5),
-                                 ("x", -1), ("a-b", 10**12)])
+                                 ("x", -1), ("a-b", 10**12), 3, 2.5, (), (1, 2),
+                                 ("x", ("y", 1)), ("s", 1, (0,)), ((), ((),))])
 def test_check_key_accepts(key):
     assert check_key(key) is key
 
 
 @pytest.mark.parametrize(("key", "message"), [
-    ((), "must start with a str name"),
-    ((1, 2), "must start with a str name"),
-    ((None, "x"), "must start with a str name"),
-    (("x", None), "has NoneType"),
-    (("x", True), "has bool"),
-    (("x", ("y", 1)), "has tuple"),
-    (("x", [1]), "has list"),
-    (b"x", "got bytes"),
-    (3, "got int"),
-    (None, "got NoneType"),
-    (["x", 1], "got list"),
+    ((None, "x"), r"part at position \[0\] is a NoneType"),
+    (("x", None), r"part at position \[1\] is a NoneType"),
+    (("x", True), "is a bool.*use int"),
+    (("x", ("y", [1])), r"at position \[1, 1\] is a list.*use a tuple"),
+    (b"x", "is a bytes.*decode it to a str"),
+    (True, "is a bool"),
+    (None, "is a NoneType"),
+    (["x", 1], "is a list"),
 ])
 def test_check_key_rejects_with_a_reason(key, message):
     with pytest.raises(InvalidKeyError, match=message):
@@ -100,6 +98,10 @@ def test_invalid_key_error_is_a_type_error():
 def test_key_name():
     assert key_name("x") == "x"
     assert key_name(("x", 1, 2)) == "x"
+    assert key_name(("x", (0,))) == "x"
+    assert key_name(7) == 7
+    assert key_name(()) == ()
+    assert key_name(((1,), "x")) == ((1,), "x")
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (7,), (2, 3, 4), (3, 1, 2), (0,), (4, 0, 2)])
@@ -201,7 +203,7 @@ def test_explicit_keys_reject_duplicates():
 
 def test_explicit_keys_validate_keys():
     with pytest.raises(InvalidKeyError):
-        ExplicitKeys(["a", (1, 2)])
+        ExplicitKeys(["a", (1, [2])])
 
 
 # --- Task and placeholders -----------------------------------------------------------------
@@ -627,7 +629,7 @@ def test_external_key_listed_twice_is_rejected():
 
 def test_invalid_external_key_rejected():
     with pytest.raises(InvalidKeyError):
-        TaskGraph([], external=[(1, 2)])
+        TaskGraph([], external=[(1, None)])
 
 
 # --- property: random explicit DAGs --------------------------------------------------------

@@ -398,8 +398,8 @@ def small_graph() -> TaskGraph:
 
 
 def test_keys_msgpack_cannot_carry() -> None:
-    graph = TaskGraph.from_dict({("a", 2**70): 1})
-    with pytest.raises(ValueError, match="64 bits"):
+    graph = TaskGraph.from_dict({("a", 2**5000): 1})
+    with pytest.raises(ValueError, match="an int of 5001 bits cannot travel"):
         encode_graph(graph, "compact")
 
 
@@ -457,7 +457,7 @@ def compact_edits() -> list[tuple[str, Callable[[dict[str, Any], list[Any]], Non
         ("cycle", set_indices([2, 0, 1]), CycleError, "cycle"),
         ("duplicate keys", set_group(keys=["explicit", ["a", "a", "c"]]), DuplicateKeyError,
          "'a'"),
-        ("bad key", set_group(keys=["explicit", ["a", ["b", [0]], "c"]]), WireError,
+        ("bad key", set_group(keys=["explicit", ["a", ["b", [0, None]], "c"]]), WireError,
          "invalid key"),
         ("bad key block", set_group(keys=["triangular", "a", [3]]), WireError, "key block"),
         ("bad shape", set_group(keys=["regular", "a", [-3]]), WireError, "shape"),
@@ -519,7 +519,7 @@ def pickle_edits() -> list[tuple[str, Callable[[dict[str, Any], list[Any]], None
          "'a'"),
         ("spec not bytes", lambda h, r: h["specs"].__setitem__(0, 7), WireError, "not bytes"),
         ("count mismatch", lambda h, r: h["specs"].pop(), WireError, "2 specs"),
-        ("bad key", lambda h, r: h["keys"].__setitem__(0, 3), WireError, "invalid key"),
+        ("bad key", lambda h, r: h["keys"].__setitem__(0, None), WireError, "invalid key"),
         ("cycle", lambda h, r: h["deps"].__setitem__(0, [["b", 1]]), CycleError, "cycle"),
         ("extra frame", lambda h, r: r.append(b"x"), WireError, "2 frames"),
     ]

@@ -16,8 +16,9 @@ argument of a tuple task, the executed meaning wins.
 Legacy tuple tasks
 - ``(func, *args)`` with ``func`` callable is a task; ``(apply, func, args[, kwargs])`` with a
   literal ``args`` list and ``kwargs`` dict becomes ``Task(func, *args, **kwargs)``.
-- A ``str`` or ``tuple`` (at any depth, outside dicts) is a reference only if it is a key of
-  the graph; otherwise it is data. ``dsk[a] = "b"`` is an alias: ``a`` computes to ``b``'s
+- A ``str``, ``int``, ``float`` or ``tuple`` (subclasses included, as in Dask: ``True`` refers
+  to a key ``1``; at any depth, outside dicts) is a reference only if it is a key of the graph;
+  otherwise it is data. Keys nest (``("split", 0, (1, 2))``) and are matched whole. ``dsk[a] = "b"`` is an alias: ``a`` computes to ``b``'s
   value. Lists, tuples, sets and frozensets are walked; a walked container holding a reference
   is rebuilt at run time with the same type (a namedtuple through its constructor).
 - A dict that is a direct task argument is rebuilt as a plain dict, and only Task-spec objects
@@ -45,9 +46,9 @@ Task-spec objects (``dask._task_spec``)
 General
 - A key whose task refers to the key itself (``dsk[k] = k``, ``Alias(k)``, a future of ``k``)
   means "already held": it becomes an *external* key of the graph, as Dask drops it.
-- Keys must be valid in our model (``str``, or a tuple starting with a ``str``); Dask's bare
-  int/float keys raise ``InvalidKeyError``. A reference to a key that is neither in the graph
-  nor external raises ``MissingDependencyError``.
+- Keys are Dask's (``scheduler.graph.keys``: str, int, float, tuples of keys nested to any
+  depth); anything else raises ``InvalidKeyError`` saying why. A reference to a key that is
+  neither in the graph nor external raises ``MissingDependencyError``.
 - Data is never copied; a literal list/tuple/dict of more than ``BULKY_LITERAL`` items is
   wrapped in a zero-argument task, so that our spec walkers, which walk lists, tuples and
   dicts, do not walk data. (Only the outer length is looked at, to keep this O(1).)
@@ -329,7 +330,7 @@ class _Converter:
             return Task(_first, spec, *unused)
         try:
             graph = from_dask(inner, external=list(inkeys))
-        except InvalidKeyError:  # inner keys our model does not accept: let Dask run it
+        except InvalidKeyError:  # inner keys that are not keys: let Dask run it
             return self.plain_task(n)
         return Task(_run_subgraph, graph, outkey, tuple(inkeys), *bound.values())
 
@@ -355,14 +356,16 @@ class _Converter:
             return self.container(x, self.legacy_seq)
         if t is list:
             return self.container(x, self.legacy_seq)
-        if t is int or t is float or t is dict or x is None:
+        if t is int or t is float:
+            return self.ref(x) if x in self.keys else x
+        if t is dict or x is None:
             return x
         kind = self.kinds.get(t) or self.dask.kind(t)
         if kind == _REF:
             return self.ref(x.key)
         if kind != _LITERAL:
             return self.arg(x)
-        if isinstance(x, str | tuple):
+        if isinstance(x, str | tuple | int | float):
             try:
                 if x in self.keys:
                     return self.ref(x)
@@ -598,13 +601,12 @@ def flatten_keys(keys: Any) -> list[Key]:
 
 
 def pack_results(keys: Any, lookup: Callable[[Key], Any]) -> Any:
-    """``keys`` with every key replaced by ``lookup(key)``, keeping the nesting of lists.
-
-    A single key gives a single value; ``[]`` gives ``[]``. Only lists nest (a tuple is a key).
-    """
+    """The values of ``keys`` in the structure Dask's ``get`` protocol returns
+    (``dask.local.get_sync``): a single key gives its value, a list (at any depth) a tuple of
+    the packed items; ``[]`` gives ``()``. Only lists nest (a tuple is a key)."""
     if not isinstance(keys, list):
         return lookup(keys)
-    return [pack_results(k, lookup) if isinstance(k, list) else lookup(k) for k in keys]
+    return tuple([pack_results(k, lookup) if isinstance(k, list) else lookup(k) for k in keys])
 
 
 def get_sync(dsk: Any, keys: Any, **kwargs: Any) -> Any:

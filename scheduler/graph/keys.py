@@ -1,8 +1,16 @@
 """Keys and blocks of keys.
 
-A key names one task's result. It is a ``str`` or a flat tuple whose first element is a ``str``
-and whose other elements are ``str``, ``int`` or ``float`` (Dask's convention:
-``("x", 3, 4)``).
+A key names one task's result. The rule is Dask's (``dask.core.validate_key``): a key is a
+``str``, an ``int`` or a ``float`` -- exactly those types, so ``bool``, numpy scalars, ``bytes``
+and ``str`` subclasses are not keys -- or a ``tuple`` (exactly, not a namedtuple) of keys,
+nested to any depth: ``"x"``, ``("x", 3, 4)``, ``("shuffle-group", 1, (0,))``, ``7``, ``()``.
+One limit of ours: tuples nest at most ``MAX_KEY_DEPTH`` levels (deeper than Dask itself can
+check at Python's default recursion limit), so that every key can travel in msgpack.
+
+Keys compare as Python values: ``1``, ``1.0`` and ``True`` look up the same entry, as in a
+Dask graph (a dict). A key's *name* (``key_name``) is what blocks of keys are indexed by: the
+key itself for a ``str``, the first element of a tuple that starts with a ``str``, and for any
+other key (``7``, ``()``, ``((1, 2), "x")``) the key itself.
 
 Most tasks of a big graph come in regular blocks: every key of a layer is ``(name, *index)``
 for every index of a shape. ``RegularKeys`` stores such a block as its name and shape, so a
@@ -15,17 +23,22 @@ Rules: a block never holds the same key twice; positions are C-order (row-major)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from itertools import product
 from typing import Union
 
 import numpy as np
 
-Key = Union[str, tuple]  # noqa: UP007  (a runtime alias, used in isinstance-free annotations)
+Key = Union[str, int, float, tuple]  # noqa: UP007  (a runtime alias, used in isinstance-free annotations)
 
-__all__ = ["ExplicitKeys", "Key", "KeyBlock", "RegularKeys", "check_key", "key_name"]
+__all__ = ["MAX_KEY_DEPTH", "ExplicitKeys", "InvalidKeyError", "Key", "KeyBlock", "RegularKeys",
+           "check_key", "key_name"]
 
-_KEY_PARTS = (str, int, float)
+MAX_KEY_DEPTH = 400
+"""Most levels of tuples nested in one key (``("x", (0,))`` has 2). Dask's own check stops at
+about 330 levels at Python's default recursion limit; msgpack carries about 500."""
+
+_ATOMS = frozenset({str, int, float})
 
 
 class InvalidKeyError(TypeError):
@@ -33,24 +46,87 @@ class InvalidKeyError(TypeError):
 
 
 def check_key(key: object) -> Key:
-    """Return ``key`` if it is valid, else raise ``InvalidKeyError`` saying why."""
-    if isinstance(key, str):
-        return key
-    if isinstance(key, tuple):
-        if not key or not isinstance(key[0], str):
-            raise InvalidKeyError(f"a tuple key must start with a str name, got {key!r}")
-        for part in key:
-            if not isinstance(part, _KEY_PARTS) or isinstance(part, bool):
-                raise InvalidKeyError(f"key parts must be str, int or float; {key!r} has "
-                                      f"{type(part).__name__}")
-        return key
-    raise InvalidKeyError(f"a key is a str or a tuple starting with a str, got "
-                          f"{type(key).__name__}: {key!r}")
+    """Return ``key`` if it is a key (see the module docstring), else raise
+    ``InvalidKeyError`` saying which part is wrong and why. Flat tuples cost one type test
+    per part; only nested tuples take the general path."""
+    t = type(key)
+    if t is str or t is int or t is float:
+        return key  # type: ignore[return-value]
+    if t is tuple:
+        for part in key:  # type: ignore[attr-defined]
+            tp = type(part)
+            if tp is not str and tp is not int and tp is not float and (
+                    tp is not tuple or not _nested_ok(part)):
+                raise InvalidKeyError(_why(key))
+        return key  # type: ignore[return-value]
+    raise InvalidKeyError(_why(key))
 
 
-def key_name(key: Key) -> str:
-    """The name part of a key: the key itself if it is a str, else its first element."""
-    return key if isinstance(key, str) else key[0]
+def _nested_ok(top: tuple) -> bool:
+    """Whether the tuple ``top``, found one level down in a key, is a key (no recursion)."""
+    stack = [(top, 2)]
+    while stack:
+        tup, depth = stack.pop()
+        if depth > MAX_KEY_DEPTH:
+            return False
+        for part in tup:
+            tp = type(part)
+            if tp is tuple:
+                stack.append((part, depth + 1))
+            elif tp not in _ATOMS:
+                return False
+    return True
+
+
+def _why(key: object) -> str:
+    """Why ``key`` is not a key: the first offending part, where it is, and what to do."""
+    stack: list[tuple[object, tuple[int, ...]]] = [(key, ())]
+    while stack:
+        value, path = stack.pop()
+        t = type(value)
+        if t is tuple:
+            if len(path) + 1 > MAX_KEY_DEPTH:
+                return (f"{_short(key)} is not a valid key: its tuples nest deeper than "
+                        f"{MAX_KEY_DEPTH} levels (the most stagecost carries); flatten it")
+            for i in range(len(value) - 1, -1, -1):  # type: ignore[arg-type]
+                stack.append((value[i], (*path, i)))  # type: ignore[index]
+            continue
+        if t in _ATOMS:
+            continue
+        where = "" if not path else f" at position {list(path)}"
+        hint = _HINTS.get(t.__name__, "")
+        if not hint:
+            for base, tip in ((bool, "use int(x)"), (int, "use int(x)"),
+                              (float, "use float(x)"), (str, "use str(x)"),
+                              (tuple, "use tuple(x)"), (list, "use a tuple")):
+                if isinstance(value, base):
+                    hint = tip
+                    break
+        hint = f"; {hint}" if hint else ""
+        return (f"{_short(key)} is not a valid key: the part{where} is a {t.__name__}. A key "
+                f"is a str, int or float, or a tuple of keys, nested to any depth (Dask's "
+                f"rule: subclasses such as bool or numpy integers are not keys){hint}")
+    return f"{_short(key)} is not a valid key"  # pragma: no cover (unreachable)
+
+
+_HINTS = {"bytes": "decode it to a str", "NoneType": "use a str or an int",
+          "list": "use a tuple"}
+
+
+def _short(value: object, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a huge int or a broken __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def key_name(key: Key) -> Hashable:
+    """The name of a key: a ``str`` key itself, the first element of a tuple key that starts
+    with a ``str``, else the key itself."""
+    if type(key) is tuple and key and type(key[0]) is str:
+        return key[0]
+    return key
 
 
 class KeyBlock:
@@ -74,7 +150,7 @@ class KeyBlock:
     def __iter__(self) -> Iterator[Key]:
         return iter(self.tolist())
 
-    def names(self) -> set[str]:
+    def names(self) -> set[Hashable]:
         """The distinct key names in this block (used to index blocks by name)."""
         raise NotImplementedError
 
@@ -119,7 +195,7 @@ class RegularKeys(KeyBlock):
     def index(self, i: int) -> tuple[int, ...]:
         """The block index (without the name) of position ``i``."""
         k = self.key(i)
-        return () if isinstance(k, str) else k[1:]
+        return k[1:] if type(k) is tuple else ()
 
     def position(self, key: object) -> int:
         shape = self.shape
@@ -169,7 +245,7 @@ class RegularKeys(KeyBlock):
             return [(name, i) for i in range(self.shape[0])]
         return [(name, *idx) for idx in product(*(range(s) for s in self.shape))]
 
-    def names(self) -> set[str]:
+    def names(self) -> set[Hashable]:
         return {self.name}
 
     def __eq__(self, other: object) -> bool:
@@ -216,8 +292,12 @@ class ExplicitKeys(KeyBlock):
     def tolist(self) -> list[Key]:
         return list(self.keys)
 
-    def names(self) -> set[str]:
-        return {key_name(k) for k in self.keys}
+    def names(self) -> set[Hashable]:
+        out: set[Hashable] = set()
+        add = out.add
+        for k in self.keys:
+            add(k[0] if type(k) is tuple and k and type(k[0]) is str else k)
+        return out
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ExplicitKeys) and other.keys == self.keys

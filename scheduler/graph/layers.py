@@ -23,7 +23,7 @@ topological order and lowers them into a ``TaskGraph`` whose groups follow that 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ class Layer:
     kind: str = ""
 
     @property
-    def dependencies(self) -> tuple[str, ...]:
+    def dependencies(self) -> tuple[Hashable, ...]:
         raise NotImplementedError
 
     @property
@@ -275,9 +275,10 @@ class Materialized(Layer):
     kind = "materialized"
 
     @property
-    def dependencies(self) -> tuple[str, ...]:
+    def dependencies(self) -> tuple[Hashable, ...]:
+        """Names of the layers or keys read (a key's name: see ``key_name``)."""
         own = {key_name(k) for k in self.tasks}
-        names: dict[str, None] = {}
+        names: dict[Hashable, None] = {}
         for spec in self.tasks.values():
             for p in placeholders(spec):
                 nm = key_name(p.key) if hasattr(p, "key") else None
@@ -390,7 +391,7 @@ class LayerGraph:
     def lower(self) -> TaskGraph:
         """Lower every layer, in order, into one ``TaskGraph``."""
         groups: list[TaskGroup] = []
-        placed: dict[str, _Lowered] = {}
+        placed: dict[Any, _Lowered] = {}   # layer names, and key names of Materialized keys
         offset = 0
 
         def resolve(key: Key) -> int:
@@ -402,7 +403,7 @@ class LayerGraph:
             p = gi_block.position(key)
             return where.offset + p if p >= 0 else -1
 
-        out_blocks: dict[str, Any] = {}
+        out_blocks: dict[Any, Any] = {}
         for name, layer in self.layers.items():
             new = layer.lower(placed, offset, resolve)
             for g in new:
@@ -486,9 +487,9 @@ MAX_FUSED_DEPTH = 64
 when the template is compiled; longer chains fuse into several layers."""
 
 
-def _key_providers(layers: Mapping[str, Layer]) -> dict[str, str]:
+def _key_providers(layers: Mapping[str, Layer]) -> dict[Hashable, str]:
     """Key name -> the Materialized layer defining keys of that name (when not a layer)."""
-    out: dict[str, str] = {}
+    out: dict[Hashable, str] = {}
     for name, layer in layers.items():
         if isinstance(layer, Materialized):
             for k in layer.tasks:
@@ -498,11 +499,11 @@ def _key_providers(layers: Mapping[str, Layer]) -> dict[str, str]:
     return out
 
 
-def _inputs(layer: Layer, layers: Mapping[str, Layer], provider: Mapping[str, str]
+def _inputs(layer: Layer, layers: Mapping[str, Layer], provider: Mapping[Hashable, str]
             ) -> list[str]:
     out: dict[str, None] = {}
     for dep in layer.dependencies:
-        src = dep if dep in layers else provider.get(dep)
+        src = dep if isinstance(dep, str) and dep in layers else provider.get(dep)
         if src is None:
             if not isinstance(layer, Materialized):
                 raise MissingDependencyError({dep: layer.name})

@@ -27,13 +27,13 @@ groups; only explicit groups do per-task Python work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .errors import CycleError, DuplicateKeyError, MissingDependencyError, UnknownKeyError
-from .keys import ExplicitKeys, Key, KeyBlock, RegularKeys, check_key
+from .keys import ExplicitKeys, Key, KeyBlock, RegularKeys, check_key, key_name
 from .task import compile_spec, map_placeholders, refs_to_slots
 
 __all__ = ["TaskGraph", "TaskGroup"]
@@ -116,7 +116,7 @@ class TaskGraph:
             for k in self.external:
                 counts[k] = counts.get(k, 0) + 1
             raise DuplicateKeyError([k for k, c in counts.items() if c > 1])
-        self._by_name: dict[str, list[int]] = {}
+        self._by_name: dict[Hashable, list[int]] = {}
         for gi, g in enumerate(self.groups):
             for name in g.keys.names():
                 self._by_name.setdefault(name, []).append(gi)
@@ -130,17 +130,15 @@ class TaskGraph:
 
     def id_of(self, key: object) -> int:
         """The id of ``key`` (external ids included), or -1."""
-        name = key if isinstance(key, str) else (
-            key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else None)
-        if name is not None:
-            for gi in self._by_name.get(name, ()):
-                p = self.groups[gi].keys.position(key)
-                if p >= 0:
-                    return int(self.offsets[gi]) + p
         try:
+            gis = self._by_name.get(key_name(key), ())  # type: ignore[arg-type]
             j = self._ext_pos.get(key, -1)  # type: ignore[call-overload]
-        except TypeError:
+        except TypeError:  # unhashable: cannot be a key
             return -1
+        for gi in gis:
+            p = self.groups[gi].keys.position(key)
+            if p >= 0:
+                return int(self.offsets[gi]) + p
         return self.n + j if j >= 0 else -1
 
     def ids_of(self, keys: Iterable[object]) -> np.ndarray:
@@ -252,7 +250,7 @@ class TaskGraph:
                 raise DuplicateKeyError(dups)
         both = [k for k in self.external if any(
             self.groups[gi].keys.position(k) >= 0
-            for gi in self._by_name.get(k if isinstance(k, str) else k[0], ()))]
+            for gi in self._by_name.get(key_name(k), ()))]
         if both:
             raise DuplicateKeyError(both)
 

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -422,8 +422,12 @@ class Client:
     # --- Dask's custom-scheduler protocol ------------------------------------------------------
 
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        """``dask.compute(x, scheduler=client.get)``: run a Dask graph here; results come in
-        the nesting of ``keys``."""
+        """``dask.compute(x, scheduler=client.get)``: run a Dask graph here.
+
+        Returns what Dask's own ``get`` does (``dask.local.get_sync``): for a single key its
+        value, for a list of keys a tuple of values, for nested lists nested tuples
+        (``[]`` gives ``()``). Keys are any Dask keys (nested tuples included); extra keyword
+        arguments that ``dask.compute`` forwards are accepted and ignored."""
         from ..graph.dask_import import flatten_keys, from_dask, pack_results
         from ..graph.optimize import cull
 
@@ -441,7 +445,8 @@ class Client:
     def submit(self, func: Any, *args: Any, key: Key | None = None, **kwargs: Any) -> Future:
         """Run ``func(*args, **kwargs)`` on the cluster; ``Future`` arguments are replaced by
         their results (on the workers)."""
-        key = key or f"{getattr(func, '__name__', 'task')}-{uuid.uuid4().hex}"
+        if key is None:  # 0, "" and () are keys too
+            key = f"{getattr(func, '__name__', 'task')}-{uuid.uuid4().hex}"
         external: dict[Key, None] = {}
 
         def swap(value: Any) -> Any:
@@ -540,8 +545,13 @@ def _whole_layers(layers: LayerGraph, outputs: Sequence[Key]) -> list[str]:
     """Names of the layers whose keys ``outputs`` are, checking that they are all of them."""
     from ..graph.keys import key_name
 
-    names = list(dict.fromkeys(key_name(k) for k in outputs))
-    missing = [nm for nm in names if nm not in layers.layers]
+    names: list[str] = []
+    missing: list[Hashable] = []
+    for nm in dict.fromkeys(key_name(k) for k in outputs):
+        if isinstance(nm, str) and nm in layers.layers:
+            names.append(nm)
+        else:
+            missing.append(nm)
     if missing:
         raise ValueError(f"the layers encoding asks for whole layers; {missing!r} are not "
                          f"layers of this graph")
@@ -558,15 +568,19 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 
 
 def _remote_error(msg: Message) -> BaseException:
-    text = str(msg["text"])
-    key = msg["key"]
-    key = tuple(key) if isinstance(key, list) else key
+    return remote_error(msg.key("key"), msg.blobs[0] if msg.blobs else b"", str(msg["text"]))
+
+
+def remote_error(key: Key, blob: Any, text: str) -> BaseException:
+    """The exception a task ``key`` raised on a worker (``blob``: its pickle, maybe empty),
+    with the worker's traceback ``text`` as its cause; both name the key."""
     try:
-        exc = pickle.loads(msg.blobs[0]) if msg.blobs else RuntimeError(text)
+        exc = pickle.loads(blob) if len(blob) else RuntimeError(text)
         if not isinstance(exc, BaseException):
             raise TypeError
     except Exception:
-        exc = RuntimeError(f"task {key!r} failed: {text.strip().splitlines()[-1]}")
+        last = text.strip().splitlines()[-1:] or ["(no traceback was sent)"]
+        exc = RuntimeError(f"task {key!r} failed: {last[0]}")
     exc.__cause__ = RemoteTraceback(f"(task {key!r})\n{text}")
     with contextlib.suppress(Exception):
         exc.add_note(f"raised by task {key!r} on a stagecost worker")

@@ -240,16 +240,9 @@ class InProcessCluster:
 
 
 def _error(ins: KeysErred | GraphRejected) -> BaseException:
-    import pickle
-
     from ..graph.errors import GraphError
-    from .client import RemoteTraceback
+    from .client import remote_error
 
     if isinstance(ins, GraphRejected):
         return GraphError(f"the scheduler rejected the graph: {ins.reason}")
-    try:
-        exc = pickle.loads(ins.error)
-    except Exception:
-        exc = RuntimeError(ins.text)
-    exc.__cause__ = RemoteTraceback(ins.text)
-    return exc
+    return remote_error(ins.key, ins.error, ins.text)

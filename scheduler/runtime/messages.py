@@ -6,7 +6,8 @@ arrays travel as their raw buffers, blobs untouched. Nothing here unpickles.
 
 Rules: one message per batch, never per task; a field that is not msgpack data is a bug in
 the sender (``TypeError``); a message whose layout is wrong raises ``WireError`` (the peer's
-fault).
+fault). Fields come back with arrays as lists: a field holding a key is read with
+``key_field``, which gives tuples back (keys never hold lists).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..graph.keys import InvalidKeyError, Key, check_key
 from ..wire.frames import BytesLike, WireError, dumps_msg, loads_header
 
-__all__ = ["Message", "pack", "unpack"]
+__all__ = ["Message", "key_field", "pack", "unpack"]
 
 _DTYPES = frozenset({"<i8", "<i4", "<i2", "|i1", "<f8", "|b1", "<u8"})
 
@@ -36,6 +38,10 @@ class Message:
             return self.fields[name]
         except KeyError:
             raise WireError(f"message {self.op!r} lacks field {name!r}") from None
+
+    def key(self, name: str) -> Key:
+        """Field ``name`` as a key (see ``key_field``)."""
+        return key_field(self[name], f"field {name!r} of message {self.op!r}")
 
     def array(self, name: str) -> np.ndarray:
         try:
@@ -108,3 +114,18 @@ def _unpack(op: str, header: dict[str, Any], frames: Sequence[BytesLike]) -> Mes
             raise WireError(f"message {op!r}: bad blob range {first!r}+{count!r}")
         blobs = list(frames[first:first + count])
     return Message(op, header, arrays, blobs)
+
+
+def key_field(value: Any, where: str = "a message") -> Key:
+    """A key read from a message field: msgpack arrays (lists here) become tuples again, at
+    every depth. Raises ``WireError`` if the result is not a key (the peer's fault)."""
+    if type(value) is list:
+        value = _tuples(value)
+    try:
+        return check_key(value)
+    except InvalidKeyError as exc:
+        raise WireError(f"the peer sent an invalid key in {where}: {exc}") from None
+
+
+def _tuples(items: list) -> tuple:
+    return tuple([_tuples(v) if type(v) is list else v for v in items])

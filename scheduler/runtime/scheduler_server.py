@@ -386,8 +386,7 @@ class SchedulerServer:
                                                           "done": ins.done},
                                 {"ids": ins.ids, "workers": ins.workers})
             elif isinstance(ins, KeysErred):
-                key = list(ins.key) if isinstance(ins.key, tuple) else ins.key
-                self._to_client(ins.client, "erred", {"graph_id": ins.graph_id, "key": key,
+                self._to_client(ins.client, "erred", {"graph_id": ins.graph_id, "key": ins.key,
                                                       "text": ins.text, "id": ins.id},
                                 {"ids": ins.ids}, [ins.error])
             elif isinstance(ins, GraphRejected):

@@ -23,7 +23,7 @@ busy with at most ``inflight_per_thread`` tasks per thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,7 @@ class SchedulerState:
         self._bases: list[int] = []       # sorted bases of live segments
         self._by_base: list[Segment] = []
         self._by_graph: dict[tuple[str, str], Segment] = {}
-        self._names: dict[str, list[int]] = {}  # key name -> segment ids
+        self._names: dict[Hashable, list[int]] = {}  # key name -> segment ids
         self._next_sid = 0
         self._next_base = 0
         self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks

@@ -132,7 +132,7 @@ def encode_graph(graph: Any, encoding: str, outputs: Sequence[str] | None = None
         return dumps_msg(header, *payloads)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"this graph cannot be encoded as {encoding!r}: {exc} (msgpack "
-                         f"carries its keys: int key parts must fit in 64 bits)") from exc
+                         f"carries its keys and parameters)") from exc
 
 
 def decode_graph(frames: Sequence[BytesLike], limits: GraphLimits = DEFAULT_GRAPH_LIMITS

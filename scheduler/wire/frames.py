@@ -39,7 +39,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["DEFAULT_LIMITS", "BytesLike", "FrameError", "FrameLimits", "FrameReader", "WireError",
+__all__ = ["BIG_INT_BYTES", "DEFAULT_LIMITS", "BytesLike", "FrameError", "FrameLimits", "FrameReader", "WireError",
            "dumps_msg", "loads_header", "message_nbytes", "pack_frames", "read_message",
            "write_message"]
 
@@ -297,15 +297,43 @@ async def read_message(reader: asyncio.StreamReader, limits: FrameLimits = DEFAU
 
 # --- headers -------------------------------------------------------------------------------
 
+BIG_INT_BYTES = 512
+"""Largest int outside msgpack's 64-bit range that a header carries, in bytes (4,096 bits):
+such ints travel as an extension type, so that any Dask key (``("x", 2**70)``) can travel."""
+
+_EXT_BIG_INT = 1
+
+
+def _pack_default(value: Any) -> msgpack.ExtType:
+    """msgpack's fallback: an int beyond 64 bits as an extension; anything else is refused."""
+    if type(value) is int:
+        n = (value.bit_length() + 8) // 8   # room for the sign bit
+        if n <= BIG_INT_BYTES:
+            return msgpack.ExtType(_EXT_BIG_INT, value.to_bytes(n, "little", signed=True))
+        raise ValueError(f"an int of {value.bit_length()} bits cannot travel in a message "
+                         f"header (the limit is {8 * BIG_INT_BYTES} bits)")
+    raise TypeError(f"msgpack cannot encode a {type(value).__name__}")
+
+
+def _unpack_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_BIG_INT:
+        if not 0 < len(data) <= BIG_INT_BYTES:
+            raise ValueError(f"a big int of {len(data)} bytes (the limit is {BIG_INT_BYTES})")
+        return int.from_bytes(data, "little", signed=True)
+    return msgpack.ExtType(code, data)  # not ours: left as is, validation will refuse it
+
+
 def dumps_msg(header: dict[str, Any], *payloads: Any) -> list[Any]:
     """A message: ``header`` packed with msgpack, followed by ``payloads`` untouched.
 
     msgpack has one array type: tuples and lists both become arrays, and come back as lists
-    (or all as tuples, with ``loads_header(frame, use_list=False)``). ``bytes`` travel as
-    msgpack bin, ``str`` as msgpack str. Anything msgpack cannot encode raises ``TypeError``
-    (a bug in the caller: put such values in a payload frame instead).
+    (or all as tuples, with ``loads_header(frame, use_list=False)``), nested ones included.
+    ``bytes`` travel as msgpack bin, ``str`` as msgpack str, ints beyond 64 bits (up to
+    ``BIG_INT_BYTES``) as an extension type. Anything else msgpack cannot encode raises
+    ``TypeError`` (a bug in the caller: put such values in a payload frame instead); an int
+    too big for the extension raises ``ValueError``.
     """
-    return [msgpack.packb(header, use_bin_type=True), *payloads]
+    return [msgpack.packb(header, use_bin_type=True, default=_pack_default), *payloads]
 
 
 def loads_header(frame: BytesLike, *, use_list: bool = True) -> dict[str, Any]:
@@ -313,7 +341,8 @@ def loads_header(frame: BytesLike, *, use_list: bool = True) -> dict[str, Any]:
     msgpack map with str keys (the peer's fault). ``use_list=False`` turns every array into a
     tuple, which is what keys need (``("x", 1)`` goes out as an array)."""
     try:
-        header = msgpack.unpackb(frame, raw=False, use_list=use_list, strict_map_key=True)
+        header = msgpack.unpackb(frame, raw=False, use_list=use_list, strict_map_key=True,
+                                 ext_hook=_unpack_ext)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise FrameError(f"the peer sent a header that is not valid msgpack: "
                          f"{type(exc).__name__}: {exc}") from None

@@ -16,7 +16,7 @@ output ids, in the order of the output layers' keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,8 +133,8 @@ def decode_layers(header: Mapping[str, Any], limits: GraphLimits
         if _str(o, "output") not in by_name:
             raise WireError(f"output layer {o!r} is not among the layers sent")
     needed = _needed(by_name, outputs)
-    placed: dict[str, Placed] = {}
-    blocks: dict[str, Any] = {}
+    placed: dict[Any, Placed] = {}   # layer names, and key names of Materialized keys
+    blocks: dict[Any, Any] = {}
     groups: list[TaskGroup] = []
     start = 0
     total = 0
@@ -189,7 +189,7 @@ def decode_layers(header: Mapping[str, Any], limits: GraphLimits
 
 def _needed(by_name: Mapping[str, Mapping[str, Any]], outputs: Sequence[str]) -> set[str]:
     """Layers the outputs need (by layer name, or by key name for materialized layers)."""
-    providers: dict[str, str] = {}
+    providers: dict[Hashable, str] = {}
     for name, e in by_name.items():
         if e.get("kind") == "materialized":
             for k in e["params"].get("keys") or ():
