@@ -3,8 +3,9 @@
 
   stagecost run       run workloads on backends, write a run folder with its report
   stagecost profile   the same under py-spy, with samples attributed to stages
-  stagecost report    (re)render the report of one or more run folders
-  stagecost compare   per-stage ratios between two run folders; exit 2 on a regression
+  stagecost report    (re)render the report of one or more runs (folders or stored runs)
+  stagecost compare   per-stage ratios between two runs; exit 2 on a regression
+  stagecost history   list the runs of the results store, their trends; asv export/import
   stagecost workloads list the workloads and their parameters
   stagecost scheduler start a reference scheduler (for a cluster on several hosts)
   stagecost worker    start a reference worker and connect it to a scheduler
@@ -81,16 +82,44 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "start (repeatable), e.g. distributed.scheduler.worker-saturation=inf"
                         "; default: Dask's own configuration")
     p.add_argument("-o", "--output", type=Path, default=None,
-                   help="run folder (default reports/<time>-<workload>-<n>-<backend>)")
+                   help="run folder (default reports/<time>-<workload>-<n>-<backend>); an "
+                        "existing one is refused unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in an existing -o folder")
+    _store_option(p)
+    p.add_argument("--no-store", action="store_true",
+                   help="do not record the run in the results store")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds after which a configuration is abandoned")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=Path, default=None, metavar="FILE",
+                   help="results store (sqlite; default $STAGECOST_STORE, else "
+                        "reports/stagecost.sqlite)")
+
+
+RUN_REF_HELP = ("a run folder, or a stored run: @ID, @last, @last~K (K runs before the "
+                "latest), @NAME (folder name)")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("stagecost")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = StageCostParser(prog="stagecost", description=(
-        "Where does the time go between compute() and the last result, stage by stage?"))
+        "Where does the time go between compute() and the last result, stage by stage?"),
+        epilog="exit codes: 0 ok, 1 error, 2 regression (compare), 3 incomplete, "
+               "64 usage error, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"stagecost {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=StageCostParser)
     run = sub.add_parser("run", help="run workloads and write a stage-cost report")
     _run_options(run)
@@ -100,18 +129,45 @@ def _build_parser() -> argparse.ArgumentParser:
                       default="scheduler", help="processes to profile (default scheduler)")
     prof.add_argument("--rate", type=int, default=200, help="samples per second (default "
                       "200)")
-    rep = sub.add_parser("report", help="(re)render the report of run folders")
-    rep.add_argument("runs", nargs="+", type=Path, help="run folders")
+    rep = sub.add_parser("report", help="(re)render the report of runs")
+    rep.add_argument("runs", nargs="+", metavar="RUN", help=RUN_REF_HELP)
     rep.add_argument("-o", "--output", type=Path, default=None,
                      help="where to write (default: the run folder, if one)")
-    cmp_ = sub.add_parser("compare", help="compare two run folders stage by stage")
-    cmp_.add_argument("a", type=Path, help="baseline run folder")
-    cmp_.add_argument("b", type=Path, help="new run folder")
+    _store_option(rep)
+    cmp_ = sub.add_parser("compare", help="compare two runs stage by stage")
+    cmp_.add_argument("a", metavar="A", help="baseline: " + RUN_REF_HELP)
+    cmp_.add_argument("b", metavar="B", help="new run: " + RUN_REF_HELP)
+    _store_option(cmp_)
     cmp_.add_argument("--factor", type=float, default=1.10,
                       help="ratio beyond which a significant change counts (default 1.10)")
     cmp_.add_argument("-o", "--output", type=Path, default=None,
                       help="also write compare.md/.html here")
     cmp_.add_argument("--json", action="store_true", help="print the table as JSON")
+    hist = sub.add_parser("history", help="list stored runs; trends; asv export/import")
+    _store_option(hist)
+    hist.add_argument("-w", "--workload", action="append", help="only this workload "
+                      "(repeatable)")
+    hist.add_argument("-b", "--backend", action="append", help="only this backend "
+                      "(repeatable)")
+    hist.add_argument("-n", "--n-tasks", action="append", type=_size, metavar="N",
+                      help="only this real task count (repeatable)")
+    hist.add_argument("--commit", default=None, help="only commits starting with this")
+    hist.add_argument("--machine", default=None, help="only this machine (hostname)")
+    hist.add_argument("--last", type=int, default=None, metavar="K",
+                      help="only the K latest runs")
+    hist.add_argument("--add", action="append", type=Path, default=[], metavar="DIR",
+                      help="record run folder DIR in the store first (repeatable)")
+    hist.add_argument("--trend", action="store_true",
+                      help="write history.html/.md with a trend figure per configuration "
+                           "(needs -o)")
+    hist.add_argument("-o", "--output", type=Path, default=None,
+                      help="folder for --trend")
+    hist.add_argument("--factor", type=float, default=1.10,
+                      help="ratio beyond which a significant change is marked (default 1.10)")
+    hist.add_argument("--asv-export", type=Path, default=None, metavar="DIR",
+                      help="write the listed runs as asv results into DIR (then `asv publish "
+                           "--config DIR/asv.conf.json` draws them)")
+    hist.add_argument("--json", action="store_true", help="print the listing as JSON")
     wl = sub.add_parser("workloads", help="list workloads and their parameters")
     wl.add_argument("--json", action="store_true", help="print JSON")
     sch = sub.add_parser("scheduler", help="start a reference scheduler", add_help=False)
@@ -167,24 +223,45 @@ def _summary_text(stages: Any, runs: Any) -> str:
 
 
 def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
+    from harness.output_paths import check_writable_file, prepare_folder
     from harness.runner import run_grid
+    from harness.store.db import default_store_path
 
     workloads, sizes, backends, run_dir = _grid(args)
     options = _options(args)
+    store = None if args.no_store else default_store_path(args.store)
+    if store is not None:
+        check_writable_file(store, "--store")
+    folder = prepare_folder(run_dir, refuse_existing=True, force=args.force)
     params = {"command": "profile" if profile else "run"}
-    if profile:
-        from harness.profile_run import profile_grid
+    try:
+        if profile:
+            from harness.profile_run import profile_grid
 
-        run_dir, stages, runs = profile_grid(workloads, sizes, backends, options,
+            run_dir, stages, runs = profile_grid(workloads, sizes, backends, options,
+                                                 repeats=args.repeats, warmups=args.warmups,
+                                                 run_dir=run_dir, role=args.role,
+                                                 rate=args.rate, parameters=params)
+        else:
+            run_dir, stages, runs = run_grid(workloads, sizes, backends, options,
                                              repeats=args.repeats, warmups=args.warmups,
-                                             run_dir=run_dir, role=args.role,
-                                             rate=args.rate, parameters=params)
-    else:
-        run_dir, stages, runs = run_grid(workloads, sizes, backends, options,
-                                         repeats=args.repeats, warmups=args.warmups,
-                                         encodings=list(dict.fromkeys(args.encoding or [])),
-                                         run_dir=run_dir, in_process=args.in_process,
-                                         timeout=args.timeout, parameters=params)
+                                             encodings=list(dict.fromkeys(args.encoding or [])),
+                                             run_dir=run_dir, in_process=args.in_process,
+                                             timeout=args.timeout, parameters=params,
+                                             render=False)
+    except KeyboardInterrupt:
+        folder.discard_if_empty()
+        print(f"stagecost {params['command']}: interrupted before any run finished; nothing "
+              "was written", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BaseException:
+        folder.discard_if_empty()
+        raise
+    if store is not None:
+        _store_run(store, run_dir)
+    from harness.report.render import render_report
+
+    render_report([run_dir], run_dir, store=store)
     if args.json:
         from harness.report.schema import read_run
 
@@ -198,11 +275,31 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     else:
         print(_summary_text(stages, runs))
         print(f"\nreport: {run_dir / 'report.html'}  (and report.md)")
-    failed = json.loads((run_dir / "meta.json").read_text()).get("failed_cells") or []
-    for f in failed:
+    meta = json.loads((run_dir / "meta.json").read_text())
+    for f in meta.get("failed_cells") or []:
         print(f"stagecost {params['command']}: {f['cell']} has no result: {f['error']}",
               file=sys.stderr)
-    return ExitCode.INCOMPLETE if failed else ExitCode.OK
+    stop = meta.get("interrupted")
+    if stop:
+        print(f"stagecost {params['command']}: interrupted during {stop['cell']}; the report "
+              f"holds what finished ({stop['repeats_kept']} repeat(s) of that configuration, "
+              f"{len(stop['not_run'])} configuration(s) not run)", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return ExitCode.INCOMPLETE if meta.get("failed_cells") else ExitCode.OK
+
+
+def _store_run(store: Path, run_dir: Path) -> None:
+    """Record ``run_dir`` in the store; a store that fails loses no run (the folder is
+    written): say so and go on."""
+    from harness.store.db import ResultsStore, StoreError
+
+    try:
+        with ResultsStore(store) as db:
+            run_id, _ = db.add_folder(run_dir)
+        print(f"stored as @{run_id} in {store}", file=sys.stderr)
+    except (StoreError, OSError) as e:
+        print(f"stagecost: warning: the run was not recorded in the results store: {e}",
+              file=sys.stderr)
 
 
 def _records(df: Any) -> list[dict[str, Any]]:
@@ -230,31 +327,53 @@ def _median(runs: Any, col: str) -> float | None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.output_paths import prepare_folder
     from harness.report.render import render_report
+    from harness.store.db import default_store_path
+    from harness.store.refs import is_store_ref, load_runs
 
     out = args.output
     if out is None:
         if len(args.runs) != 1:
-            raise UsageError("with several run folders, say where the report goes with -o")
-        out = args.runs[0]
-    html, md = render_report(args.runs, out)
+            raise UsageError("with several runs, say where the report goes with -o")
+        if is_store_ref(args.runs[0]):
+            raise UsageError("for a stored run, say where the report goes with -o")
+        out = Path(args.runs[0])
+    store = default_store_path(args.store)
+    runs = load_runs(args.runs, store)
+    prepare_folder(out)
+    html, md = render_report(runs, out, store=store)
     print(f"report: {html}  (and {md.name})")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.report.compare import compare_runs, compare_text, exit_code, render_compare
+    from harness.output_paths import prepare_folder
+    from harness.report.compare import compare_frames, compare_text, exit_code, render_compare
+    from harness.report.tables import measures
+    from harness.store.db import default_store_path
+    from harness.store.refs import load_runs
 
     if args.factor <= 1.0:
         raise UsageError(f"--factor must be above 1, got {args.factor}")
-    table = compare_runs(args.a, args.b, factor=args.factor)
     if args.output is not None:
-        render_compare(table, args.output, args.a.name, args.b.name, args.factor)
+        prepare_folder(args.output)
+    a, b = load_runs([args.a, args.b], default_store_path(args.store))
+    table = compare_frames(measures(a.stages, a.runs), measures(b.stages, b.runs),
+                           factor=args.factor)
+    if args.output is not None:
+        render_compare(table, args.output, a.name, b.name, args.factor)
     if args.json:
         print(table.to_json(orient="records"))
     else:
         print(compare_text(table))
     return exit_code(table)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from harness.history import history_command
+
+    return history_command(args)
 
 
 def _cmd_workloads(args: argparse.Namespace) -> int:
@@ -306,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "history":
+            return _cmd_history(args)
         if args.command == "workloads":
             return _cmd_workloads(args)
     except KeyboardInterrupt:

@@ -7,7 +7,12 @@ Rules (in the manner of pyperf):
   writes its result as JSON; so no state leaks from one configuration into the next.
 - Inside a cell, ``warmups`` runs come first and are dropped (their count is recorded), then
   ``repeats`` measured runs, each a fresh graph built, submitted and computed.
-- Progress goes to stderr: one line per run, and outputs done / total while a run computes.
+- Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
+  terminal, plain lines otherwise. Children send their progress to the parent as events.
+- Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
+  the cell under way keeps its finished repeats, later cells are not run, the run folder and
+  its report hold what finished, and ``meta.json`` says what was interrupted. A child gets
+  ``INTERRUPT_GRACE`` seconds to stop and write what it has, then it is killed.
 - Results are data: ``write_tables`` records them, ``render_report`` renders from disk only.
 """
 
@@ -15,14 +20,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +36,7 @@ import pandas as pd
 from harness.backends import BACKENDS, make_backend
 from harness.backends.base import BackendError, RunOptions
 from harness.measure import run_row, span_rows, stage_rows
+from harness.progress import CellPlan, Events, GridProgress, PlainEvents
 from harness.user_workloads import WorkloadError, build_any, graph_failed
 from harness.workloads import not_applicable
 
@@ -39,7 +44,22 @@ ENCODED_BACKENDS = frozenset({"reference", "reference-inproc"})
 """Backends that take a graph encoding (``-e``); Dask backends pickle as Dask does, so they
 run once whatever ``-e`` lists."""
 
-__all__ = ["ENCODED_BACKENDS", "Cell", "default_run_dir", "environment", "run_cell", "run_grid"]
+__all__ = ["ENCODED_BACKENDS", "INTERRUPT_GRACE", "Cell", "CellInterrupted", "default_run_dir",
+           "environment", "run_cell", "run_grid"]
+
+INTERRUPT_GRACE = 20.0
+"""Seconds a child has, after Ctrl-C, to stop its cluster and write its finished repeats."""
+
+EVENTS_ENV = "STAGECOST_PROGRESS_EVENTS"
+"""Set in a child's environment: report progress as events on stderr (``JsonEvents``)."""
+
+
+class CellInterrupted(Exception):
+    """Ctrl-C during a cell; ``result`` holds its finished repeats (or None)."""
+
+    def __init__(self, result: dict[str, Any] | None) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -74,46 +94,15 @@ class Cell:
         return cls(**{**d, "options": RunOptions(**opts)})
 
 
-class _Progress:
-    """Prints how far a run is at most once a second: outputs in memory (the backend calls
-    the object) and, where the backend can count them, finished tasks (``tasks``). A
-    reduction has one output, so only the task count moves before its end."""
-
-    def __init__(self, label: str, stream: TextIO,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.label = label
-        self.stream = stream
-        self.clock = clock
-        self.last = -math.inf
-        self.outputs: tuple[int, int] | None = None
-        self.finished: tuple[int, int] | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        self.outputs = (done, total)
-        self._show(done == total)
-
-    def tasks(self, done: int, total: int) -> None:
-        self.finished = (done, total)
-        self._show(False)
-
-    def _show(self, final: bool) -> None:
-        now = self.clock()
-        if now - self.last < 1.0 and not final:
-            return
-        self.last = now
-        parts = []
-        if self.finished is not None and not final:
-            parts.append(f"{self.finished[0]:,}/{self.finished[1]:,} tasks finished")
-        if self.outputs is not None:
-            parts.append(f"{self.outputs[0]:,}/{self.outputs[1]:,} outputs in memory")
-        print(f"  {self.label}: {', '.join(parts)}", file=self.stream, flush=True)
-
-
-def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict[str, Any]:
+def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
+             events: Events | None = None) -> dict[str, Any]:
     """Run one cell in this process; return its rows (stages, spans, runs) and notes.
 
     ``hooks``, if given, has ``started(backend)`` (called once the backend's processes exist,
-    before the first run) and ``finished(backend)`` (after the last run, before closing)."""
+    before the first run) and ``finished(backend)`` (after the last run, before closing).
+    ``events`` receives the progress (default: lines on ``stream``). Ctrl-C during the runs
+    ends the cell early: the result then has ``interrupted`` true and the finished repeats."""
+    events = events if events is not None else PlainEvents(cell.label(), stream)
     backend = make_backend(cell.backend, cell.options)
     out: dict[str, Any] = {"stages": [], "spans": [], "runs": [], "notes": [],
                            "merged": dict(backend.merged), "backend": {}}
@@ -127,17 +116,18 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict
         for i in range(total):
             warm = i < cell.warmups
             what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{cell.repeats}"
-            print(f"[{cell.label()}] {what}: {workload.n_tasks:,} tasks, submitting ...",
-                  file=stream, flush=True)
             try:
-                m = backend.run_once(workload, progress=_Progress(
-                    f"[{cell.label()}] {what}", stream))
+                events.started(what, workload.n_tasks)
+                m = backend.run_once(workload, progress=events)
+            except KeyboardInterrupt:
+                out["interrupted"] = True
+                break
             except Exception as e:
                 if workload.dask is None or isinstance(e, BackendError | WorkloadError):
                     raise
                 raise graph_failed(workload, cell.backend, e) from e
             wall = (m.t_end_ns - m.t0_ns) / 1e9
-            print(f"[{cell.label()}] {what}: done in {wall:.2f} s", file=stream, flush=True)
+            events.done(what, wall)
             if warm:
                 continue
             key = {"backend": cell.backend_label, "workload": cell.workload,
@@ -153,21 +143,55 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None) -> dict
     return out
 
 
-def _run_cell_child(cell: Cell, timeout: float | None) -> dict[str, Any]:
+def _stop(proc: subprocess.Popen[str], grace: float) -> None:
+    """Wait ``grace`` seconds for ``proc`` to end, then terminate it, then kill it."""
+    try:
+        proc.wait(grace)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _run_cell_child(cell: Cell, timeout: float | None,
+                    progress: GridProgress | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stagecost-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "harness.child", cell.to_json(), str(result)]
-        proc = subprocess.Popen(cmd)
+        env = {**os.environ, EVENTS_ENV: "1"}
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, bufsize=1)
+        show = progress.feed if progress is not None else sys.stderr.write
+        reader = threading.Thread(target=lambda: [show(line) for line in proc.stderr or ()],
+                                  name="stagecost-child-stderr", daemon=True)
+        reader.start()
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            _stop(proc, 0.0)
             raise TimeoutError(f"{cell.label()} did not finish within {timeout} s") from None
+        except KeyboardInterrupt:
+            # Ctrl-C in a terminal reaches the child too, and the child says so; a SIGINT
+            # sent to this process alone does not: then pass it on, so that the child stops
+            # and writes what it has (once: a second one would cut its cleanup short).
+            if progress is not None:
+                progress.hush()
+                progress.child_interrupted.wait(1.0)
+            told = progress is not None and progress.child_interrupted.is_set()
+            if not told and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            _stop(proc, INTERRUPT_GRACE)
+            reader.join(5)
+            try:
+                partial = json.loads(result.read_text()) if result.exists() else None
+            except ValueError:  # killed while writing: nothing usable
+                partial = None
+            raise CellInterrupted(partial) from None
+        finally:
+            reader.join(5)
         doc = json.loads(result.read_text()) if result.exists() else {}
         if code != 0 or "error" in doc:
             why = doc.get("error") or "its error is printed above"
@@ -284,26 +308,51 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
         raise ValueError("no configuration applies: " + "; ".join(
             f"{s['cell']}: {s['reason']}" for s in skipped))
     failed: list[dict[str, str]] = []
-    for cell in cells:
-        n, b = cell.n_tasks, cell.backend_label
-        if in_process or hooks is not None:
-            res = run_cell(cell, hooks=hooks)
-        else:
-            try:
-                res = _run_cell_child(cell, timeout)
-            except (TimeoutError, RuntimeError) as e:  # keep the other cells' results
-                print(f"[{cell.label()}] abandoned: {e}", file=sys.stderr, flush=True)
-                failed.append({"cell": cell.label(), "error": str(e)})
-                notes.append(f"{b}: {cell.workload} n={n:,} has no result: {e}")
-                continue
-        stages += res["stages"]
-        spans += res["spans"]
-        runs += res["runs"]
-        notes += [f"{b}: {t}" for t in res["notes"] if f"{b}: {t}" not in notes]
-        merged.update(res["merged"])
-        described[b] = res["backend"]
-        for wname, p in res.get("params", {}).items():
-            workload_params.setdefault(wname, {})[str(n)] = p
+    interrupted: dict[str, Any] | None = None
+    progress = GridProgress([CellPlan(c.label(), c.warmups + c.repeats, c.n_tasks)
+                             for c in cells])
+    try:
+        for i, cell in enumerate(cells):
+            n, b = cell.n_tasks, cell.backend_label
+            progress.cell(i)
+            res: dict[str, Any] | None
+            if in_process or hooks is not None:
+                res = run_cell(cell, hooks=hooks, events=progress.events())
+            else:
+                try:
+                    res = _run_cell_child(cell, timeout, progress)
+                except CellInterrupted as e:
+                    res = e.result or {"interrupted": True}
+                    res["interrupted"] = True
+                except (TimeoutError, RuntimeError) as e:  # keep the other cells' results
+                    progress.write(f"[{cell.label()}] abandoned: {e}")
+                    failed.append({"cell": cell.label(), "error": str(e)})
+                    notes.append(f"{b}: {cell.workload} n={n:,} has no result: {e}")
+                    progress.cell_ended()
+                    continue
+            if res.get("interrupted"):
+                done = len(res.get("runs", []))
+                interrupted = {"cell": cell.label(), "repeats_kept": done,
+                               "not_run": [c.label() for c in cells[i + 1:]]}
+                notes.append(f"{b}: interrupted (Ctrl-C) during {cell.workload} n={n:,}: "
+                             f"{done} of {cell.repeats} repeats kept; "
+                             f"{len(cells) - i - 1} configuration(s) not run")
+            stages += res.get("stages", [])
+            spans += res.get("spans", [])
+            runs += res.get("runs", [])
+            notes += [f"{b}: {t}" for t in res.get("notes", []) if f"{b}: {t}" not in notes]
+            merged.update(res.get("merged", {}))
+            if "backend" in res:
+                described[b] = res["backend"]
+            for wname, p in res.get("params", {}).items():
+                workload_params.setdefault(wname, {})[str(n)] = p
+            progress.cell_ended()
+            if interrupted is not None:
+                break
+    finally:
+        progress.close()
+    if interrupted is not None and not runs:
+        raise KeyboardInterrupt  # nothing finished: there is no run to keep
     if failed and len(failed) == len(cells):
         raise RuntimeError("no configuration finished: " + "; ".join(f["error"] for f in failed))
     env = environment()
@@ -314,7 +363,8 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
                            "backend_details": described},
             "versions": env["versions"], "machine": env["machine"],
             "git_commit": env["git_commit"], "warmups": warmups, "notes": notes,
-            "merged_stages": merged, "reference_backend": cells[0].backend_label}
+            "merged_stages": merged, "reference_backend": cells[0].backend_label,
+            "interrupted": interrupted}
     meta["parameters"]["encodings"] = encodings
     from harness.report.schema import RUNS_COLUMNS, SPANS_COLUMNS, STAGES_COLUMNS
 

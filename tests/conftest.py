@@ -31,6 +31,20 @@ def cluster_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(REPO), current] if current else [str(REPO)])}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test's runs go to a results store of this test session, never to the default
+    ``reports/stagecost.sqlite`` of wherever the tests were started."""
+    path = tmp_path_factory.mktemp("store") / "stagecost.sqlite"
+    before = os.environ.get("STAGECOST_STORE")
+    os.environ["STAGECOST_STORE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("STAGECOST_STORE", None)
+    else:
+        os.environ["STAGECOST_STORE"] = before
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """A ``LocalCluster`` of 2 single-threaded workers on loopback, shared by a module."""

@@ -6,9 +6,13 @@ backend costs ``scale * 0.5 µs * i * n**exponent``, so exponents and ratios are
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import html.parser
+import io
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +60,10 @@ def make_run(path: Path, spec: SyntheticSpec = NA_SPEC, profile: bool = False,
     write_tables(path, stages, spans, runs, synthetic_meta(spec, **extra),
                  synthetic_profile() if profile else None)
     return path
+
+
+def with_seed(spec: SyntheticSpec, seed: int) -> SyntheticSpec:
+    return dataclasses.replace(spec, seed=seed)
 
 
 def rewrite_csv(path: Path, edit: Callable[[pd.DataFrame], pd.DataFrame | None]) -> None:
@@ -216,7 +224,8 @@ def test_summary_keeps_not_applicable_distinct_from_zero() -> None:
     # ... and the rendering says so.
     assert format_value(float("nan")) == "n/a" and format_value(0.0) == "0"
     md = markdown_table(pd.concat([na, measured_zero])[["stage", "seconds_median"]])
-    assert "| dispatch | n/a |" in md and "| optimize | 0 |" in md
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[2:]]
+    assert ["dispatch", "n/a"] in cells and ["optimize", "0"] in cells
 
 
 def test_stage_totals_sum_roles_and_prefer_role_all() -> None:
@@ -385,23 +394,31 @@ def test_render_single_run(rendered: tuple[Path, Path, Path]) -> None:
     assert tags.count("table") >= 5  # settings, stages, run summary, profile x2, ...
     assert "script" not in tags  # the note was escaped
     assert "<script>alert(1)</script> & friends" in "".join(page.text)
+    # Every figure is embedded in the page, and is the PNG the Markdown links.
     imgs = [a["src"] for t, a in page.tags if t == "img"]
-    assert "figures/stacked.png" in imgs
-    assert any(s and s.startswith("figures/timeline-") for s in imgs)
-    assert any(s and s.startswith("figures/scaling-") for s in imgs)
-    assert any(s and s.startswith("figures/ratio-") for s in imgs)
+    md = md_path.read_text(encoding="utf-8")
+    linked = re.findall(r"!\[[^]]*\]\((figures/[^)]+)\)", md)
+    assert len(imgs) == len(linked) >= 4
+    for stem in ("figures/stacked.png", "figures/timeline-", "figures/scaling-",
+                 "figures/ratio-"):
+        assert any(f.startswith(stem) for f in linked), stem
+    for src, file in zip(imgs, linked, strict=True):
+        assert src is not None and src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert data == (run / file).read_bytes()
+        img = matplotlib.image.imread(io.BytesIO(data))
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
     links = [a["href"] for t, a in page.tags if t == "a"]
     assert "profiles/scheduler.speedscope.json" in links
-    for src in imgs:
-        assert src is not None
-        img = matplotlib.image.imread(run / src)
-        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
-    md = md_path.read_text(encoding="utf-8")
     assert md.startswith("# stagecost report: run")
-    for needle in ("## Stage costs", "## Run summary", "| dispatch |", "n/a", "83.0%",
-                   "schedule+dispatch: Dask does both in one handler", "## Scaling",
-                   "## Backends compared with reference", "![stacked stage costs]"):
+    for needle in ("## Stage costs, ranked", "## Run summary", "n/a", "83.0%",
+                   "schedule+dispatch: Dask does both in one handler", "### Scaling",
+                   "### Backends compared with reference", "![stacked stage costs]"):
         assert needle in md, needle
+    # The answer first, the metadata last.
+    order = [md.index(h) for h in ("**dask-distributed · elementwise", "## Stage costs",
+                                   "## Figures", "## Runs", "| created_utc")]
+    assert order == sorted(order)
 
 
 def test_render_is_idempotent(rendered: tuple[Path, Path, Path]) -> None:
@@ -426,17 +443,99 @@ def test_render_several_runs_adds_scaling_and_comparison(tmp_path: Path) -> None
     a, b = make_run(tmp_path / "a", small), make_run(tmp_path / "b", big)
     html_path, md_path = render_report([a, b], tmp_path / "out")
     md = md_path.read_text(encoding="utf-8")
-    assert "## Scaling" in md and "| reference | elementwise | wall |" in md
-    assert "## Backends compared" not in md  # one backend only
+    assert "### Scaling" in md
+    assert re.search(r"^\| reference\s*\| elementwise\s*\| wall\s*\|", md, re.M)
+    assert "Backends compared" not in md  # one backend only
     assert (tmp_path / "out" / "figures" / "scaling-elementwise.png").is_file()
     page = parse_html(html_path.read_text(encoding="utf-8"))
     assert [t for t, _ in page.tags].count("img") >= 3
-    again = make_run(tmp_path / "a_again", small)
-    with pytest.raises(RunFolderError, match="also in"):
-        render_report([a, again], tmp_path / "o")
+    # Two runs of one configuration are compared side by side, labelled by run.
+    again = make_run(tmp_path / "a_again", with_seed(small, 3))
+    _, md_path = render_report([a, again], tmp_path / "o")
+    md = md_path.read_text(encoding="utf-8")
+    assert "### Backends compared with reference [a]" in md
+    assert "reference [a_again]" in md
 
 
 def test_render_unknown_reference_is_refused(tmp_path: Path) -> None:
     run = make_run(tmp_path / "r", SyntheticSpec(sizes=(1_000,), repeats=1))
     with pytest.raises(ValueError, match="not in these runs"):
         render_report([run], tmp_path / "out", reference="dask-threads")
+
+
+# -------------------------------------------------------------------------------- headline
+
+
+def md_tables(md: str) -> list[pd.DataFrame]:
+    """Every pipe table of a Markdown document, as text cells."""
+    tables, block = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            tables.append(pd.DataFrame(block[2:], columns=block[0]))
+            block = []
+    return tables
+
+
+def test_the_headline_figures_are_the_tables_figures(rendered: tuple[Path, Path, Path]) -> None:
+    _, _, md_path = rendered
+    md = md_path.read_text(encoding="utf-8")
+    tables = md_tables(md)
+    head = next(t for t in tables if "top stage" in t.columns)
+    ranked = next(t for t in tables if "rank" in t.columns)
+    summary = next(t for t in tables if "wall s (median)" in t.columns)
+    key = ["backend", "workload", "n_tasks"]
+    assert len(head) == 4  # 2 backends x 2 sizes
+    for row in head.itertuples(index=False):
+        cfg = (row.backend, row.workload, row.n_tasks)
+        top = ranked[(ranked[key].apply(tuple, axis=1) == cfg) & (ranked["rank"] == "1")]
+        runs = summary[summary[key].apply(tuple, axis=1) == cfg]
+        assert len(top) == 1 and len(runs) == 1
+        # The table beside the headline and the sentences say what the tables say.
+        assert row[3] == runs["first task s (median)"].item()
+        assert row[4] == runs["wall s (median)"].item()
+        assert row[5] == top["stage"].item()
+        assert row[6] == top["busy s (median)"].item()
+        assert row[7] == top["% of wall"].item()
+        sentence = (f"**{row.backend} · {row.workload} · n={row.n_tasks}: first task after "
+                    f"{row[3]} s; last result after {row[4]} s; {row[5]} dominates with "
+                    f"{row[6]} s busy, {row[7]} % of wall.")
+        assert sentence in md, sentence
+    # ... and the ranked table is ranked: busy seconds fall with the rank.
+    for _, g in ranked[ranked["rank"] != "n/a"].groupby(key):
+        busy = [float(v.replace(",", "")) for v in g["busy s (median)"]]
+        assert busy == sorted(busy, reverse=True) and list(g["rank"]) == [
+            str(i) for i in range(1, len(g) + 1)]
+
+
+def test_headline_table_matches_summaries_numerically() -> None:
+    stages, _, runs = synthetic_tables(NA_SPEC)
+    summary, rsum = T.stage_summary(stages), T.run_summary(runs)
+    head = T.headline(summary, rsum)
+    for row in head.itertuples(index=False):
+        mine = summary[(summary["backend"] == row.backend) & (summary["n_tasks"] == row.n_tasks)]
+        wall = rsum[(rsum["backend"] == row.backend) & (rsum["n_tasks"] == row.n_tasks)]
+        assert row.top_stage_s == mine["seconds_median"].max()
+        assert row.top_stage == mine.loc[mine["seconds_median"].idxmax(), "stage"]
+        assert row.wall_s == wall["wall_s_median"].item()
+        assert row.top_share_of_wall == pytest.approx(row.top_stage_s / row.wall_s)
+    # Without stage rows (recording off) the headline still has wall and first task.
+    bare = T.headline(T.stage_summary(stages.iloc[0:0]), rsum)
+    assert bare["top_stage"].eq("").all() and bare["wall_s"].notna().all()
+
+
+def test_side_by_side_panels_share_their_y_axis() -> None:
+    stages, _, runs = synthetic_tables(NA_SPEC)  # dask-distributed costs 10x the reference
+    fig = F.stacked_stages_figure(T.stage_summary(stages), T.run_summary(runs))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"reference", "dask-distributed"}
+    ref, dask = panels["reference"], panels["dask-distributed"]
+    assert ref.get_ylim() == dask.get_ylim()
+    # Stage i costs i units (x10 for Dask, whose dispatch, stage 7, is n/a): the bars'
+    # heights on the shared axis keep that ratio, (36 - 7) * 10 / 36.
+    tops = {name: max(bar.get_y() + bar.get_height() for bar in ax.patches)
+            for name, ax in panels.items()}
+    assert tops["dask-distributed"] / tops["reference"] == pytest.approx(290 / 36, rel=0.05)
+    assert max(tops.values()) <= ref.get_ylim()[1]
+    fig.clear()

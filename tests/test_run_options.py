@@ -104,10 +104,10 @@ def test_an_abandoned_cell_keeps_the_others_and_exits_3(monkeypatch: pytest.Monk
                                                         ) -> None:
     real = runner._run_cell_child
 
-    def child(cell: runner.Cell, timeout: float | None) -> dict[str, Any]:
+    def child(cell: runner.Cell, timeout: float | None, *rest: Any) -> dict[str, Any]:
         if cell.workload == "reduction":
             raise TimeoutError(f"{cell.label()} did not finish within {timeout} s")
-        return real(cell, timeout)
+        return real(cell, timeout, *rest)
 
     monkeypatch.setattr(runner, "_run_cell_child", child)
     out = tmp_path / "run"
@@ -125,7 +125,7 @@ def test_an_abandoned_cell_keeps_the_others_and_exits_3(monkeypatch: pytest.Monk
 
 def test_when_every_cell_is_abandoned_the_run_fails(monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
-    def child(cell: runner.Cell, timeout: float | None) -> dict[str, Any]:
+    def child(cell: runner.Cell, timeout: float | None, *_: object) -> dict[str, Any]:
         raise RuntimeError(f"{cell.label()} failed (exit code 1)")
 
     monkeypatch.setattr(runner, "_run_cell_child", child)
@@ -138,7 +138,7 @@ def test_encodings_multiply_reference_cells_only(monkeypatch: pytest.MonkeyPatch
                                                  tmp_path: Path) -> None:
     labels: list[str] = []
 
-    def child(cell: runner.Cell, timeout: float | None) -> dict[str, Any]:
+    def child(cell: runner.Cell, timeout: float | None, *_: object) -> dict[str, Any]:
         labels.append(cell.label())
         raise RuntimeError("not run")
 

@@ -70,10 +70,11 @@ _DPI = 100
 _TIMELINE_RESOLUTION = 4000  # spans closer than 1/4000 of the run are drawn as one bar
 
 
-def _new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
+def _new_figure(width: float, height: float, ncols: int = 1,
+                sharey: bool = False) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    axes = fig.subplots(1, ncols, squeeze=False, sharey=sharey)[0]
     return fig, list(axes)
 
 
@@ -120,6 +121,10 @@ def _draw_stacked(ax: Axes, summary: pd.DataFrame, runs: pd.DataFrame | None,
         h = np.nan_to_num(heights, nan=0.0)
         ax.bar(x, h, bottom=bottom, color=STAGE_COLOURS[stage], label=stage, width=0.7)
         bottom += h
+    # Totals on the bars: a bar a hundred times lower than its neighbour still reads.
+    for xi, total in zip(x, bottom, strict=True):
+        ax.annotate(f"{total:.3g}", (xi, total), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7)
     if runs is not None and not runs.empty:
         per = runs.set_index(["backend", "workload", "n_tasks"])
         col = "wall_us_per_task" if value.startswith("us_per_task") else "wall_s_median"
@@ -138,8 +143,9 @@ def stacked_stages_figure(summary: pd.DataFrame, run_summary: pd.DataFrame | Non
 
     ``value`` is a summary column (default µs per task, so sizes compare). With a
     ``run_summary`` a diamond marks the median wall time (stages 6-8 overlap, so busy time can
-    exceed it). Without ``ax`` each backend gets its own panel and y scale, since backends can
-    differ by orders of magnitude; with ``ax`` everything is drawn on it.
+    exceed it). Each bar's total is written on it. Without ``ax`` each backend gets its own
+    panel, all panels sharing one y axis so that heights compare across backends; with ``ax``
+    everything is drawn on it.
     """
     if summary.empty:
         raise ValueError("no stage rows to plot: the run recorded no stage costs")
@@ -150,12 +156,15 @@ def stacked_stages_figure(summary: pd.DataFrame, run_summary: pd.DataFrame | Non
     backends = list(dict.fromkeys(summary["backend"]))
     n_bars = len(summary[["backend", "workload", "n_tasks"]].drop_duplicates())
     fig, axes = _new_figure(min(4.0 + 1.1 * n_bars + 1.5 * len(backends), 20.0), 5.0,
-                            ncols=len(backends))
+                            ncols=len(backends), sharey=True)
     for b_ax, backend in zip(axes, backends, strict=True):
         part = summary[summary["backend"] == backend]
         runs = None if run_summary is None else run_summary[run_summary["backend"] == backend]
         _draw_stacked(b_ax, part, runs, value)
         b_ax.set_title(backend, fontsize=10)
+        if b_ax is not axes[0]:
+            b_ax.set_ylabel("")
+            b_ax.tick_params(labelleft=False)
     handles, labels = axes[0].get_legend_handles_labels()
     seen = dict(zip(labels, handles, strict=True))
     for a in axes[1:]:

@@ -2,36 +2,46 @@
 
 Rules of this module:
 
-- A report is a sequence of blocks (heading, paragraph, bullets, table, image); the same blocks
-  render to Markdown and to HTML, so the two documents always say the same thing.
+- A report is a sequence of blocks (heading, paragraph, bullets, table, image, details); the
+  same blocks render to Markdown and to HTML through the jinja2 templates in ``templates/``,
+  so the two documents always say the same thing.
 - Tables are DataFrames; ``format_frame`` turns one into text cells once, and every renderer
   uses that: missing numbers read ``n/a`` (never ``0`` or ``nan``), floats have four
-  significant digits (thousands grouped from 1,000 up), booleans read ``yes``/``no``.
-- Text is escaped for the target: ``html.escape`` in HTML; in Markdown ``&`` and ``<`` become
-  entities, line breaks are flattened, and table cells also escape ``|`` and ``\\``.
+  significant digits (thousands grouped from 1,000 up), booleans read ``yes``/``no``. The
+  cells are then laid out by pandas: ``DataFrame.to_html``, ``DataFrame.to_markdown``
+  (tabulate, pipe tables) and tabulate's plain layout for terminals.
+- Text is escaped for the target: jinja2's autoescape in HTML; in Markdown ``&`` and ``<``
+  become entities, line breaks are flattened, and table cells also escape ``|`` and ``\\``.
+- The HTML page is one self-contained file: images are embedded as ``data:`` URIs when their
+  bytes are given (``images``), styles are inline, there are no scripts and no external
+  resources. Markdown links images by relative path (for terminals and pull requests).
 - Nothing here reads a clock or the environment, so output depends on input only.
-- Markdown tables are rendered here (GitHub pipe tables) rather than with ``tabulate``, which
-  is not a dependency of stagecost.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import json
 import math
+import mimetypes
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
+import jinja2
 import pandas as pd
 
 __all__ = [
     "Block",
     "Bullets",
+    "Details",
     "Heading",
     "Image",
     "Para",
     "Table",
     "format_frame",
+    "flat_items",
     "format_value",
     "html_document",
     "html_table",
@@ -53,6 +63,7 @@ class Heading:
 @dataclass(frozen=True)
 class Para:
     text: str
+    strong: bool = False  # a lead paragraph (the headline), set off in HTML
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,16 @@ class Image:
     alt: str
 
 
-Block = Heading | Para | Bullets | Table | Image
+@dataclass(frozen=True)
+class Details:
+    """Blocks folded away under a one-line summary (HTML ``<details>``; in Markdown, a
+    heading followed by the blocks)."""
+
+    summary: str
+    blocks: tuple[Heading | Para | Bullets | Table | Image, ...]
+
+
+Block = Heading | Para | Bullets | Table | Image | Details
 
 
 def format_value(value: object) -> str:
@@ -116,17 +136,19 @@ def _md_cell(text: str) -> str:
     return _md_inline(text.replace("\\", "\\\\").replace("|", "\\|"))
 
 
+def _align(cells: pd.DataFrame, numeric: frozenset[str]) -> list[str]:
+    return ["right" if c in numeric else "left" for c in cells.columns]
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub pipe table (no trailing newline); a frame with no rows gives a header only."""
     cells, numeric = format_frame(df)
-    cols = list(cells.columns)
-    if not cols:
+    if not len(cells.columns):
         return "(empty table)"
-    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |",
-             "|" + "|".join("---:" if c in numeric else ":---" for c in cols) + "|"]
-    for row in cells.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    escaped = pd.DataFrame({_md_cell(c): [_md_cell(v) for v in cells[c]]
+                            for c in cells.columns}, index=cells.index)
+    return escaped.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                               colalign=_align(cells, numeric))
 
 
 def html_table(df: pd.DataFrame) -> str:
@@ -138,19 +160,10 @@ def html_table(df: pd.DataFrame) -> str:
 def text_table(df: pd.DataFrame) -> str:
     """A plain-text table for terminals: columns padded, numbers right-aligned."""
     cells, numeric = format_frame(df)
-    cols = list(cells.columns)
-    if not cols:
+    if not len(cells.columns):
         return ""
-    widths = [max([len(c)] + [len(v) for v in cells[c]]) for c in cols]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if c in numeric else v.ljust(w)
-                 for v, w, c in zip(values, widths, cols, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    rows = [line(cols), line(["-" * w for w in widths])]
-    rows += [line(list(r)) for r in cells.itertuples(index=False, name=None)]
-    return "\n".join(rows)
+    return cells.to_markdown(index=False, tablefmt="simple", disable_numparse=True,
+                             colalign=_align(cells, numeric))
 
 
 def slug(text: str) -> str:
@@ -166,73 +179,46 @@ def _md_inline(text: str) -> str:
             .replace("\n", " "))
 
 
+def _data_uri(src: str, data: bytes) -> str:
+    kind = mimetypes.guess_type(src)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+@cache
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.report", "templates"),
+                             autoescape=autoescape, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["md"] = _md_inline
+    env.filters["md_href"] = lambda href: str(href).replace(" ", "%20")
+    env.filters["md_table"] = markdown_table
+    env.filters["html_table"] = lambda df: jinja2.filters.Markup(html_table(df))
+    env.tests["kind"] = lambda block, name: type(block).__name__ == name
+    return env
+
+
 def markdown_document(blocks: Iterable[Block]) -> str:
     """The blocks as one Markdown document, ending with a newline."""
-    parts: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            parts.append("#" * max(1, min(b.level, 6)) + " " + _md_inline(b.text))
-        elif isinstance(b, Para):
-            parts.append(_md_inline(b.text))
-        elif isinstance(b, Bullets):
-            items = []
-            for item in b.items:
-                if isinstance(item, tuple):
-                    label, href = item
-                    items.append(f"- [{_md_inline(label)}]({href.replace(' ', '%20')})")
-                else:
-                    items.append(f"- {_md_inline(item)}")
-            parts.append("\n".join(items))
-        elif isinstance(b, Table):
-            if b.caption:
-                parts.append(f"*{_md_inline(b.caption)}*")
-            parts.append(markdown_table(b.frame))
-        elif isinstance(b, Image):
-            parts.append(f"![{_md_inline(b.alt)}]({b.src})")
-        else:  # pragma: no cover - the Block union is closed
-            raise TypeError(f"not a report block: {b!r}")
-    return "\n\n".join(parts) + "\n"
+    text = _environment(False).get_template("report.md.j2").render(blocks=list(blocks))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }
-h1, h2, h3 { font-weight: 600; }
-table.data { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-table.data th, table.data td { padding: 0.2em 0.6em; border-bottom: 1px solid #ddd; }
-table.data td { font-variant-numeric: tabular-nums; }
-table.data th { text-align: left; background: #f4f4f4; }
-p.caption { font-style: italic; margin-bottom: 0.2em; }
-img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
-""".strip()
+def html_document(title: str, blocks: Iterable[Block],
+                  images: Mapping[str, bytes] | None = None) -> str:
+    """A self-contained HTML page holding the blocks. ``images`` maps an ``Image.src`` to
+    the image's bytes, embedded as a data URI; an image not in it is linked by ``src``."""
+    embedded = {src: _data_uri(src, data) for src, data in (images or {}).items()}
+    return _environment(True).get_template("report.html.j2").render(
+        title=title, blocks=list(blocks), embedded=embedded)
 
 
-def html_document(title: str, blocks: Iterable[Block]) -> str:
-    """A self-contained HTML page (inline style, no scripts) holding the blocks."""
-    esc = html.escape
-    body: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            level = max(1, min(b.level, 6))
-            body.append(f"<h{level}>{esc(b.text)}</h{level}>")
-        elif isinstance(b, Para):
-            body.append(f"<p>{esc(b.text)}</p>")
-        elif isinstance(b, Bullets):
-            items = []
-            for item in b.items:
-                if isinstance(item, tuple):
-                    label, href = item
-                    items.append(f'<li><a href="{esc(href)}">{esc(label)}</a></li>')
-                else:
-                    items.append(f"<li>{esc(item)}</li>")
-            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
-        elif isinstance(b, Table):
-            if b.caption:
-                body.append(f'<p class="caption">{esc(b.caption)}</p>')
-            body.append(html_table(b.frame))
-        elif isinstance(b, Image):
-            body.append(f'<img src="{esc(b.src)}" alt="{esc(b.alt)}">')
-        else:  # pragma: no cover - the Block union is closed
-            raise TypeError(f"not a report block: {b!r}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+def flat_items(prefix: str, value: object) -> Sequence[tuple[str, str]]:
+    """``(dotted key, text)`` pairs of a nested mapping, keys sorted (for settings tables)."""
+    if isinstance(value, dict):
+        out: list[tuple[str, str]] = []
+        for k in sorted(value, key=str):
+            out += flat_items(f"{prefix}.{k}" if prefix else str(k), value[k])
+        return out
+    if isinstance(value, str):
+        return [(prefix, value)]
+    return [(prefix, json.dumps(value, sort_keys=True, ensure_ascii=False))]

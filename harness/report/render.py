@@ -1,25 +1,34 @@
-"""Render ``report.html``, ``report.md`` and ``figures/*.png`` from stored run folders.
+"""Render ``report.html``, ``report.md`` and ``figures/*.png`` from stored runs.
 
 Rules of this module:
 
-- Reports are rendered from data on disk only (``schema.read_run``); rendering never measures
-  and never reads the clock. The only dates shown come from ``meta.json``. Rendering the same
-  folders into the same place again gives byte-identical Markdown, HTML and PNG files.
+- The report leads with the answer: a headline per configuration (time to first task, wall
+  time, the stage that dominates and its share of wall, the biggest change against the
+  previous run of the same configuration in the results store), then the stage table ranked,
+  then the run summary and the figures, and the metadata last.
+- ``report.html`` is one self-contained file: every figure is embedded (``data:`` URI), so
+  the page reads the same mailed on its own. ``report.md`` links ``figures/*.png``.
+- Reports are rendered from stored data only (run folders, and the results store for the
+  history: only runs stored up to the one reported, so a later run does not change an
+  earlier report); rendering never measures and never reads the clock. Rendering the same
+  runs into the same place again gives byte-identical Markdown, HTML and PNG files.
 - Figures this module owns in ``figures/`` (names starting ``stacked``, ``timeline-``,
-  ``scaling-``, ``ratio-``) that a render did not produce are deleted, so a folder never shows
-  a stale figure. Other files there are left alone.
-- Several run folders are combined into one report; two folders holding the same (backend,
-  workload, n_tasks, repeat) are refused (that is a comparison: use ``compare``).
+  ``scaling-``, ``ratio-``, ``trend-``) that a render did not produce are deleted, so a folder
+  never shows a stale figure. Other files there are left alone.
+- Several runs are combined into one report. Runs holding the same (backend, workload,
+  n_tasks) are told apart by their name: each backend is then labelled ``backend [run]``,
+  so two runs of one configuration are compared side by side like two backends.
 - Sections appear when their data does: scaling needs two sizes of one (backend, workload);
-  comparisons need two backends; the profile section needs ``profile_stages.csv``.
+  comparisons need two backends; the profile section needs ``profile_stages.csv``; trends
+  need two stored runs of a configuration.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -31,89 +40,127 @@ from harness.report import tables as T
 from harness.report.markup import (
     Block,
     Bullets,
+    Details,
     Heading,
     Image,
     Para,
     Table,
+    flat_items,
+    format_value,
     html_document,
     markdown_document,
     slug,
 )
-from harness.report.schema import RUN_KEY, Run, RunFolderError, read_run
+from harness.report.schema import Run, read_run
 
-__all__ = ["FIGURES_DIR", "HTML_FILE", "MD_FILE", "combine_runs", "render_report",
-           "report_blocks"]
+__all__ = ["FIGURES_DIR", "HTML_FILE", "MAX_TRENDS", "MD_FILE", "combine_runs",
+           "headline_text", "render_report", "report_blocks"]
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
 FIGURES_DIR = "figures"
-_OWNED_FIGURE = re.compile(r"^(stacked|timeline-|scaling-|ratio-).*\.png$")
+MAX_TRENDS = 12
+"""At most this many trend figures in one report (the configurations with most runs)."""
+_OWNED_FIGURE = re.compile(r"^(stacked|timeline-|scaling-|ratio-|trend-).*\.png$")
+_CFG = ["backend", "workload", "n_tasks"]
 
 FigureJob = tuple[str, Callable[[], Figure]]
 
 
-def combine_runs(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(stages, runs, spans)`` of all runs concatenated.
-
-    Raises ``RunFolderError`` when two folders hold the same (backend, workload, n_tasks,
-    repeat), since their rows could not be told apart.
-    """
-    if not runs:
-        raise ValueError("no run folders given: pass at least one")
+def _labelled(runs: Sequence[Run]) -> list[Run]:
+    """The runs, with backends relabelled ``backend [run]`` when two runs share a
+    configuration (see the module rules)."""
     owner: dict[tuple[object, ...], str] = {}
+    clash = False
     for run in runs:
-        for key in run.runs[list(RUN_KEY)].itertuples(index=False, name=None):
+        for key in run.runs[_CFG].drop_duplicates().itertuples(index=False, name=None):
             if key in owner and owner[key] != run.name:
-                raise RunFolderError(
-                    f"{run.path}: run {dict(zip(RUN_KEY, key, strict=True))} is also in "
-                    f"{owner[key]}. Report these folders separately, or compare them with "
-                    "`stagecost compare`")
+                clash = True
             owner[key] = run.name
+    if not clash:
+        return list(runs)
+
+    def rename(df: pd.DataFrame, name: str) -> pd.DataFrame:
+        return df.assign(backend=[f"{b} [{name}]" for b in df["backend"]]) if len(df) else df
+
+    out = []
+    for run in runs:
+        ref = run.meta.get("reference_backend")
+        meta = {**run.meta, "reference_backend": f"{ref} [{run.name}]"} if ref else run.meta
+        out.append(replace(run, meta=meta, stages=rename(run.stages, run.name),
+                           runs=rename(run.runs, run.name), spans=rename(run.spans, run.name)))
+    return out
+
+
+def combine_runs(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(stages, runs, spans)`` of all runs concatenated (backends relabelled where two runs
+    share a configuration)."""
+    if not runs:
+        raise ValueError("no runs given: pass at least one")
 
     def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
         non_empty = [f for f in frames if not f.empty]
         return pd.concat(non_empty, ignore_index=True) if non_empty else frames[0]
 
+    runs = _labelled(runs)
     return (cat([r.stages for r in runs]), cat([r.runs for r in runs]),
             cat([r.spans for r in runs]))
 
 
-def _flat(prefix: str, value: object) -> list[tuple[str, str]]:
-    if isinstance(value, dict):
-        out: list[tuple[str, str]] = []
-        for k in sorted(value, key=str):
-            out += _flat(f"{prefix}.{k}" if prefix else str(k), value[k])
-        return out
-    if isinstance(value, str):
-        return [(prefix, value)]
-    return [(prefix, json.dumps(value, sort_keys=True, ensure_ascii=False))]
+# --- headline ------------------------------------------------------------------------------
 
 
-def _run_blocks(run: Run) -> list[Block]:
-    meta = run.meta
-    rows = [("created_utc", str(meta["created_utc"])),
-            ("git_commit", str(meta["git_commit"] or "unknown")),
-            ("warmups (dropped)", str(meta["warmups"]))]
-    for section in ("parameters", "versions", "machine"):
-        rows += _flat(section, meta[section])
-    blocks: list[Block] = [Heading(run.name, 3),
-                           Table(pd.DataFrame(rows, columns=["setting", "value"]))]
-    if meta["notes"]:
-        blocks += [Para("Notes:"), Bullets(tuple(meta["notes"]))]
-    merged = meta.get("merged_stages") or {}
-    if merged:
-        blocks += [Para("Merged stages (this backend measures them as one):"),
-                   Bullets(tuple(f"{k}: {v}" for k, v in sorted(merged.items())))]
-    return blocks
+def _pct(share: float) -> str:
+    return f"{format_value(share * 100.0)} %"
 
 
-def _stage_display(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[["backend", "workload", "n_tasks", "stage", "repeats", "seconds_median",
-                    "seconds_min", "seconds_max", "us_per_task_median", "nbytes_median",
-                    "messages_median"]].rename(columns={
-                        "seconds_median": "busy s (median)", "seconds_min": "min",
-                        "seconds_max": "max", "us_per_task_median": "µs/task",
-                        "nbytes_median": "bytes", "messages_median": "messages"})
+_MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant", "n/a": "n/a"}
+
+
+def headline_text(row: pd.Series, history: bool) -> str:
+    """One sentence of the headline (``tables.headline`` row), numbers as the tables print
+    them."""
+    cfg = f"{row['backend']} · {row['workload']} · n={int(row['n_tasks']):,}"
+    parts = [f"first task after {format_value(row['time_to_first_task_s'])} s",
+             f"last result after {format_value(row['wall_s'])} s"]
+    if row["top_stage"]:
+        parts.append(f"{row['top_stage']} dominates with {format_value(row['top_stage_s'])} s "
+                     f"busy, {_pct(row['top_share_of_wall'])} of wall")
+    else:
+        parts.append("stage recording was off")
+    text = f"{cfg}: " + "; ".join(parts) + "."
+    if row["previous"]:
+        text += (f" Biggest change against {row['previous']}: {row['change_stage']} "
+                 f"×{format_value(row['change_ratio'])} "
+                 f"({row['change_mark']} {_MARK_WORDS.get(row['change_mark'], '')}).")
+    elif history:
+        text += " No earlier run of this configuration on this machine in the results store."
+    return text
+
+
+def _headline_display(head: pd.DataFrame, history: bool) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "backend": head["backend"], "workload": head["workload"], "n_tasks": head["n_tasks"],
+        "first task s": head["time_to_first_task_s"], "wall s": head["wall_s"],
+        "top stage": head["top_stage"].replace("", "n/a"), "top stage busy s": head[
+            "top_stage_s"], "% of wall": head["top_share_of_wall"] * 100.0})
+    if history:
+        out["against"] = head["previous"].replace("", "n/a")
+        out["biggest change"] = head["change_stage"].replace("", "n/a")
+        out["ratio"] = head["change_ratio"]
+        out["mark"] = head["change_mark"].replace("", "n/a")
+    return out
+
+
+def _stage_display(ranked: pd.DataFrame) -> pd.DataFrame:
+    return ranked[["backend", "workload", "n_tasks", "rank", "stage", "repeats",
+                   "seconds_median", "seconds_min", "seconds_max", "share_of_wall",
+                   "us_per_task_median", "nbytes_median", "messages_median"]].assign(
+        share_of_wall=lambda d: d["share_of_wall"] * 100.0).rename(columns={
+            "seconds_median": "busy s (median)", "seconds_min": "min",
+            "seconds_max": "max", "share_of_wall": "% of wall",
+            "us_per_task_median": "µs/task", "nbytes_median": "bytes",
+            "messages_median": "messages"})
 
 
 def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -123,6 +170,101 @@ def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
         "time_to_first_task_s_min": "first task min",
         "time_to_first_task_s_max": "first task max", "tasks_run_median": "tasks run",
         "wall_us_per_task": "wall µs/task"})
+
+
+# --- history from the store ----------------------------------------------------------------
+
+
+def _store_id(store: object, run: Run) -> int | None:
+    if run.label.startswith("@") and run.label[1:].isdigit():
+        return int(run.label[1:])
+    if run.path.is_dir():
+        return store.find_folder(run.path)  # type: ignore[attr-defined]
+    return None
+
+
+def _history(runs: Sequence[Run], store_path: Path | None, factor: float
+             ) -> tuple[pd.DataFrame | None, list[tuple[str, pd.DataFrame]]]:
+    """(changes per configuration for the headline, trends) from the store; (None, []) when
+    there is no store. Backends are labelled as ``combine_runs`` labels them."""
+    if store_path is None or not Path(store_path).is_file():
+        return None, []
+    from harness.report.compare import compare_frames
+    from harness.report.trend import trend_table
+    from harness.store.configs import config_label
+    from harness.store.db import ResultsStore
+
+    changes: list[dict[str, object]] = []
+    trends: list[tuple[int, str, pd.DataFrame]] = []
+    labelled = _labelled(runs)
+    with ResultsStore(store_path, create=False) as store:
+        for run, shown in zip(runs, labelled, strict=True):
+            run_id = _store_id(store, run)
+            if run_id is None:
+                continue
+            machine = store._row(run_id).machine
+            this = T.measures(run.stages, run.runs)
+            for cfg in store.configs_of(run_id).itertuples(index=False):
+                b_shown = cfg.backend if shown is run else f"{cfg.backend} [{run.name}]"
+                prev = store.previous(run_id, int(cfg.config_id))
+                if prev is not None:
+                    a = store.measures([prev.id]).drop(columns="run_id")
+                    pick = ((this["backend"] == cfg.backend) & (this["workload"] == cfg.workload)
+                            & (this["n_tasks"] == cfg.n_tasks))
+                    pick_a = ((a["backend"] == cfg.backend) & (a["workload"] == cfg.workload)
+                              & (a["n_tasks"] == cfg.n_tasks))
+                    table = compare_frames(a[pick_a], this[pick], factor=factor)
+                    best = T.biggest_change(table)
+                    if best is not None:
+                        commit = (prev.git_commit or "no commit")[:8]
+                        changes.append({"backend": b_shown, "workload": cfg.workload,
+                                        "n_tasks": int(cfg.n_tasks),
+                                        "previous": f"@{prev.id} ({commit})",
+                                        "stage": best["stage"], "ratio": float(best["ratio"]),
+                                        "mark": best["mark"]})
+                trend = trend_table(store, int(cfg.config_id), machine, upto=run_id,
+                                    factor=factor)
+                if trend["run_id"].nunique() >= 2:
+                    trends.append((trend["run_id"].nunique(), config_label(cfg.config), trend))
+    trends.sort(key=lambda t: -t[0])
+    return (pd.DataFrame(changes, columns=list(T.CHANGE_COLUMNS)),
+            [(label, df) for _, label, df in trends[:MAX_TRENDS]])
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def _run_blocks(run: Run) -> list[Block]:
+    meta = run.meta
+    rows = [("created_utc", str(meta["created_utc"])),
+            ("git_commit", str(meta["git_commit"] or "unknown")),
+            ("warmups (dropped)", str(meta["warmups"]))]
+    if run.label:
+        rows.append(("stored as", run.label))
+    for section in ("parameters", "versions", "machine"):
+        rows += flat_items(section, meta[section])
+    blocks: list[Heading | Para | Bullets | Table | Image] = [
+        Table(pd.DataFrame(rows, columns=["setting", "value"]))]
+    if meta["notes"]:
+        blocks += [Para("Notes:"), Bullets(tuple(meta["notes"]))]
+    merged = meta.get("merged_stages") or {}
+    if merged:
+        blocks += [Para("Merged stages (this backend measures them as one):"),
+                   Bullets(tuple(f"{k}: {v}" for k, v in sorted(merged.items())))]
+    return [Details(f"Run {run.name}: settings, versions, machine, notes", tuple(blocks))]
+
+
+def _warnings(runs: Sequence[Run]) -> list[Block]:
+    items: list[str] = []
+    for run in runs:
+        for f in run.meta.get("failed_cells") or []:
+            items.append(f"{run.name}: {f['cell']} has no result: {f['error']}")
+        stop = run.meta.get("interrupted")
+        if stop:
+            items.append(f"{run.name}: interrupted (Ctrl-C) during {stop['cell']}: "
+                         f"{stop['repeats_kept']} repeat(s) of it kept; not run: "
+                         f"{', '.join(stop['not_run']) or 'none'}")
+    return [Para("Incomplete run:"), Bullets(tuple(items))] if items else []
 
 
 def _profile_blocks(run: Run, out_dir: Path) -> list[Block]:
@@ -167,12 +309,18 @@ def _timeline_jobs(spans: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return out
 
 
-def report_blocks(runs: Sequence[Run], out_dir: Path,
-                  reference: str | None = None) -> tuple[list[Block], list[FigureJob]]:
-    """The report's content and the figures it refers to (file name, function making it)."""
+def report_blocks(runs: Sequence[Run], out_dir: Path, reference: str | None = None,
+                  store: Path | None = None, factor: float = 1.10
+                  ) -> tuple[list[Block], list[FigureJob]]:
+    """The report's content and the figures it refers to (file name, function making it).
+
+    ``store``: the results store's file, for the changes against previous runs and the
+    trends (left out when None or when the file does not exist)."""
     stages, runs_df, spans = combine_runs(runs)
     summary = T.stage_summary(stages)
     rsum = T.run_summary(runs_df)
+    changes, trends = _history(runs, store, factor)
+    history = changes is not None
     jobs: list[FigureJob] = []
 
     def add_figure(stem: str, make: Callable[[], Figure], alt: str) -> Image:
@@ -185,38 +333,41 @@ def report_blocks(runs: Sequence[Run], out_dir: Path,
         return Image(f"{FIGURES_DIR}/{name}", alt)
 
     names = ", ".join(r.name for r in runs)
-    blocks: list[Block] = [
-        Heading(f"stagecost report: {names}", 1),
-        Para("Busy seconds are the sum of a stage's spans over all process roles; values are "
-             "medians over repeats with min and max beside them. n/a marks a stage the backend "
-             "does not have (never 0). Stages schedule, dispatch and execute overlap in time, "
-             "so busy time can exceed wall time."),
-        Heading("Runs", 2),
-    ]
-    for run in runs:
-        blocks += _run_blocks(run)
+    head = T.headline(summary, rsum, changes)
+    blocks: list[Block] = [Heading(f"stagecost report: {names}", 1)]
+    blocks += [Para(headline_text(row, history), strong=True) for _, row in head.iterrows()]
+    blocks += _warnings(runs)
+    blocks.append(Table(_headline_display(head, history)))
 
-    blocks.append(Heading("Stage costs", 2))
+    blocks.append(Heading("Stage costs, ranked", 2))
     if summary.empty:
         blocks.append(Para("No stage costs recorded (stage recording was off)."))
     else:
-        blocks.append(Table(_stage_display(summary)))
-        blocks.append(add_figure("stacked", lambda: F.stacked_stages_figure(summary, rsum),
-                                 "stacked stage costs"))
+        blocks += [Para("Per configuration, the stage with the most busy seconds first. Busy "
+                        "seconds are the sum of a stage's spans over all process roles "
+                        "(medians over repeats, min and max beside them); % of wall is busy "
+                        "time over the median wall time, and can pass 100 % since roles run "
+                        "in parallel and stages schedule, dispatch and execute overlap. n/a "
+                        "marks a stage the backend does not have (never 0)."),
+                   Table(_stage_display(T.ranked_stages(summary, rsum)))]
 
     blocks += [Heading("Run summary", 2), Table(_run_display(rsum))]
 
+    blocks.append(Heading("Figures", 2))
+    if not summary.empty:
+        blocks += [Para("Stage costs per task, stacked; side by side panels share one y axis, "
+                        "so heights compare across backends (totals are written on the "
+                        "bars)."),
+                   add_figure("stacked", lambda: F.stacked_stages_figure(summary, rsum),
+                              "stacked stage costs")]
+
     timelines = _timeline_jobs(spans)
     if timelines:
-        blocks.append(Heading("Timelines", 2))
+        blocks.append(Heading("Timelines", 3))
         for stem, caption, part in timelines:
             blocks += [Para(f"Spans of {caption}."),
                        add_figure(stem, partial(F.timeline_figure, part),
                                   f"timeline {caption}")]
-
-    for run in runs:
-        if run.profile_stages is not None:
-            blocks += _profile_blocks(run, out_dir)
 
     meas = T.measures(stages, runs_df)
     points = T.scaling_points(meas)
@@ -226,7 +377,7 @@ def report_blocks(runs: Sequence[Run], out_dir: Path,
         table = T.scaling_table(points)
         table = table.rename(columns={c: f"s at n={int(c[2:]):,}" for c in table.columns
                                       if str(c).startswith("n=")})
-        blocks += [Heading("Scaling", 2),
+        blocks += [Heading("Scaling", 3),
                    Para("Median seconds per size; exponent k is the least-squares slope of "
                         "log(seconds) against log(n_tasks): time grows like n^k. n/a with "
                         "fewer than two sizes."),
@@ -241,11 +392,14 @@ def report_blocks(runs: Sequence[Run], out_dir: Path,
 
     backends = sorted(meas["backend"].unique()) if not meas.empty else []
     if len(backends) >= 2:
-        preferred = reference or next((r.meta["reference_backend"] for r in runs
+        labelled = _labelled(runs)
+        preferred = reference or next((r.meta["reference_backend"] for r in labelled
                                        if r.meta.get("reference_backend")), None)
+        if preferred not in backends and reference is None:
+            preferred = None
         ref = T.choose_reference(backends, preferred)
         comp = T.backend_comparison(meas, ref)
-        blocks += [Heading(f"Backends compared with {ref}", 2),
+        blocks += [Heading(f"Backends compared with {ref}", 3),
                    Para("ratio = median(backend) / median(reference); > 1 is slower than the "
                         "reference. ratio min..max span the per-repeat ratios (repeat i paired "
                         "with repeat i)."),
@@ -261,6 +415,27 @@ def report_blocks(runs: Sequence[Run], out_dir: Path,
                 partial(F.ratio_figure, part, title=f"{workload}: ratio to {ref}",
                         reference_label=ref),
                 f"ratios {workload}"))
+
+    if trends:
+        from harness.report.trend import trend_figure
+
+        blocks += [Heading("History", 3),
+                   Para("Median seconds per stage over the stored runs of each configuration "
+                        "on this machine, up to this run; a ringed point is marked as "
+                        "`stagecost compare` marks it against the run before (+ worse, "
+                        "- better).")]
+        for label, trend in trends:
+            blocks.append(add_figure(f"trend-{slug(label)}",
+                                     partial(trend_figure, trend, title=label),
+                                     f"trend {label}"))
+
+    for run in runs:
+        if run.profile_stages is not None:
+            blocks += _profile_blocks(run, out_dir)
+
+    blocks.append(Heading("Runs", 2))
+    for run in runs:
+        blocks += _run_blocks(run)
     return blocks, jobs
 
 
@@ -269,28 +444,32 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def render_report(run_dirs: Sequence[Path | str], out_dir: Path | str, *,
-                  reference: str | None = None) -> tuple[Path, Path]:
-    """(Re)render the report of ``run_dirs`` into ``out_dir``; return (html path, md path).
+def render_report(runs: Sequence[Path | str | Run], out_dir: Path | str, *,
+                  reference: str | None = None, store: Path | None = None,
+                  factor: float = 1.10) -> tuple[Path, Path]:
+    """(Re)render the report of ``runs`` (run folders, or ``Run`` objects such as stored
+    runs) into ``out_dir``; return (html path, md path).
 
     ``reference`` names the backend others are compared with (default: ``reference_backend``
-    from meta.json, else ``reference``, else the first by name). Raises ``RunFolderError`` for
-    a bad run folder and ``ValueError`` for a reference backend the runs do not have.
+    from meta.json, else ``reference``, else the first by name). ``store`` is the results
+    store's file, for history (changes, trends). Raises ``RunFolderError`` for a bad run
+    folder and ``ValueError`` for a reference backend the runs do not have.
     """
     out = Path(out_dir)
-    runs = [read_run(d) for d in run_dirs]
-    blocks, jobs = report_blocks(runs, out, reference)
+    loaded = [r if isinstance(r, Run) else read_run(r) for r in runs]
+    blocks, jobs = report_blocks(loaded, out, reference, store, factor)
     fig_dir = out / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    written = set()
+    images: dict[str, bytes] = {}
     for name, make in jobs:
-        F.save_figure(make(), fig_dir / name)
-        written.add(name)
+        path = F.save_figure(make(), fig_dir / name)
+        images[f"{FIGURES_DIR}/{name}"] = path.read_bytes()
     for stale in sorted(fig_dir.iterdir()):
-        if stale.is_file() and _OWNED_FIGURE.match(stale.name) and stale.name not in written:
+        if stale.is_file() and _OWNED_FIGURE.match(stale.name) and \
+                f"{FIGURES_DIR}/{stale.name}" not in images:
             stale.unlink()
     title = next(b.text for b in blocks if isinstance(b, Heading))
     html_path, md_path = out / HTML_FILE, out / MD_FILE
     _write_text(md_path, markdown_document(blocks))
-    _write_text(html_path, html_document(title, blocks))
+    _write_text(html_path, html_document(title, blocks, images))
     return html_path, md_path

@@ -81,11 +81,13 @@ class Run:
     runs: pd.DataFrame
     spans: pd.DataFrame
     profile_stages: pd.DataFrame | None
+    label: str = ""
 
     @property
     def name(self) -> str:
-        """The folder name, used to label the run in reports."""
-        return self.path.name
+        """How reports label the run: ``label`` if set (a stored run: ``@ID``), else the
+        folder name."""
+        return self.label or self.path.name
 
     @property
     def profiles_dir(self) -> Path | None:

@@ -28,14 +28,19 @@ from harness.report.schema import RUN_KEY, STAGE_NAMES
 from harness.report.stats import fit_exponent
 
 __all__ = [
+    "CHANGE_COLUMNS",
+    "HEADLINE_COLUMNS",
     "MEASURE_NAMES",
     "ORDER",
     "backend_comparison",
+    "biggest_change",
     "choose_reference",
     "growth_exponents",
+    "headline",
     "measures",
     "profile_stage_shares",
     "profile_top",
+    "ranked_stages",
     "run_summary",
     "scaling_points",
     "scaling_table",
@@ -310,3 +315,93 @@ def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFram
     df = sort_rows(df, ["stage"])
     return df[["stage", "function", "self_samples", "share"]]
 
+
+
+HEADLINE_COLUMNS: tuple[str, ...] = (
+    "backend", "workload", "n_tasks", "repeats", "time_to_first_task_s", "wall_s",
+    "top_stage", "top_stage_s", "top_share_of_wall", "previous", "change_stage",
+    "change_ratio", "change_mark")
+"""Columns of ``headline``, in order."""
+
+CHANGE_COLUMNS: tuple[str, ...] = ("backend", "workload", "n_tasks", "previous", "stage",
+                                   "ratio", "mark")
+"""Columns of the ``changes`` table ``headline`` takes (one row per configuration)."""
+
+
+def ranked_stages(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``stage_summary`` ranked within each (backend, workload, n_tasks): the stage with the
+    most busy seconds first (rank 1), not-applicable stages last (no rank), and each stage's
+    ``share_of_wall`` (median busy seconds / median wall time of ``run_summary``; above 1 when
+    parallel roles together are busy longer than the run lasted)."""
+    if summary.empty:
+        return summary.assign(rank=pd.Series(dtype="Int64"),
+                              share_of_wall=pd.Series(dtype=float))
+    walls = runs.set_index(_CONFIG)["wall_s_median"] if not runs.empty else pd.Series(
+        dtype=float)
+    out = summary.copy()
+    keys = list(out[_CONFIG].itertuples(index=False, name=None))
+    wall = np.array([float(walls.get(k, np.nan)) for k in keys], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["share_of_wall"] = out["seconds_median"].astype(float).to_numpy() / np.where(
+            wall > 0, wall, np.nan)
+    measured = out["applicable"].astype(bool) & out["seconds_median"].notna()
+    rank = out["seconds_median"].where(measured).groupby(
+        [out[c] for c in _CONFIG], sort=False).rank(method="first", ascending=False)
+    out["rank"] = rank.astype("Int64")
+    order = out.assign(_unranked=out["rank"].isna(), _r=out["rank"].fillna(0))
+    order = sort_rows(order, [*_CONFIG]).sort_values(
+        [*_CONFIG, "_unranked", "_r"], key=lambda c: _order_key(c) if c.name == "stage"
+        else c, kind="mergesort")
+    return order.drop(columns=["_unranked", "_r"]).reset_index(drop=True)
+
+
+def headline(summary: pd.DataFrame, runs: pd.DataFrame,
+             changes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The answer first: one row per (backend, workload, n_tasks) of ``run_summary``.
+
+    ``time_to_first_task_s`` and ``wall_s`` are the run summary's medians; ``top_stage`` is
+    rank 1 of ``ranked_stages`` with its median busy seconds (``top_stage_s``) and
+    ``top_share_of_wall``; NaN / empty when stages were not recorded. ``changes``
+    (``CHANGE_COLUMNS``: the biggest change against the previous run of the same
+    configuration, see ``biggest_change``) fills ``previous``, ``change_stage``,
+    ``change_ratio`` and ``change_mark``; configurations without one have them empty.
+    """
+    ranked = ranked_stages(summary, runs)
+    top = ranked[ranked["rank"] == 1].set_index(_CONFIG) if not ranked.empty else None
+    ch = changes.set_index(_CONFIG) if changes is not None and not changes.empty else None
+    rows = []
+    for r in runs.itertuples(index=False):
+        k = (r.backend, r.workload, r.n_tasks)
+        row: dict[str, object] = {
+            "backend": r.backend, "workload": r.workload, "n_tasks": int(r.n_tasks),
+            "repeats": int(r.repeats), "time_to_first_task_s": r.time_to_first_task_s_median,
+            "wall_s": r.wall_s_median, "top_stage": "", "top_stage_s": np.nan,
+            "top_share_of_wall": np.nan, "previous": "", "change_stage": "",
+            "change_ratio": np.nan, "change_mark": ""}
+        if top is not None and k in top.index:
+            t = top.loc[k]
+            row.update(top_stage=str(t["stage"]), top_stage_s=float(t["seconds_median"]),
+                       top_share_of_wall=float(t["share_of_wall"]))
+        if ch is not None and k in ch.index:
+            c = ch.loc[k]
+            row.update(previous=str(c["previous"]), change_stage=str(c["stage"]),
+                       change_ratio=float(c["ratio"]), change_mark=str(c["mark"]))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
+    for name in ("time_to_first_task_s", "wall_s", "top_stage_s", "top_share_of_wall",
+                 "change_ratio"):
+        out[name] = out[name].astype(float)
+    return out
+
+
+def biggest_change(compared: pd.DataFrame) -> pd.Series | None:
+    """The row of a ``compare`` table (previous run A, this run B) with the biggest change:
+    the largest |log ratio| among significant rows (``+`` or ``-``), else among all rows
+    with a finite positive ratio; None when no row has one."""
+    ok = compared[np.isfinite(compared["ratio"].astype(float)) & (compared["ratio"] > 0)]
+    if ok.empty:
+        return None
+    marked = ok[ok["mark"].isin(["+", "-"])]
+    pool = marked if not marked.empty else ok
+    size = np.abs(np.log(pool["ratio"].astype(float)))
+    return pool.loc[size.idxmax()]
