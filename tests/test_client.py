@@ -152,31 +152,10 @@ def test_dask_task_error_is_raised_with_the_remote_traceback(client: Client) -> 
 
 
 # --- client.get: Dask's custom-scheduler protocol ------------------------------------------
+# (what get returns for every shape of keys, against Dask: tests/test_dask_keys.py)
 
 GRAPH = {"a": 1, "b": (inc, "a"), ("x", 0): (add, "a", "b"), ("x", 1): (inc, ("x", 0)),
          "unused": (fail, "never run")}
-
-
-@cluster_test
-@pytest.mark.parametrize("keys", [
-    "b",
-    ("x", 1),
-    ["a", "b"],
-    [("x", 0)],
-    ["b", "b"],
-    [["b"], [("x", 0), [("x", 1), "a"]]],
-    [[], ["a"]],
-    [],
-], ids=["single", "tuple-key", "list", "list-of-tuple-key", "repeated", "nested",
-        "nested-empty", "empty"])
-def test_get_returns_results_in_the_nesting_of_keys(client: Client, keys: object) -> None:
-    """The structure Dask's own get protocol returns (its sync scheduler), not ours."""
-    from dask.local import get_sync
-
-    expected = get_sync(GRAPH, keys)
-    got = client.get(GRAPH, keys)
-    assert got == expected
-    assert type(got) is type(expected)
 
 
 @cluster_test

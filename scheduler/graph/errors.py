@@ -1,4 +1,5 @@
-"""Errors about graphs. Each says whose fault it is and names the keys involved.
+"""Errors about graphs. Each says whose fault it is and names the keys involved (as
+``keys.key_repr`` shows them: their repr, bounded in length).
 
 All of them are ``GraphError`` (a ``ValueError``): the graph given by the caller is wrong, not
 the scheduler.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .keys import key_repr
+
 __all__ = ["CycleError", "DuplicateKeyError", "GraphError", "MissingDependencyError",
            "UnknownKeyError"]
 
 
 def _show(keys: Sequence[object], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in list(keys)[:limit])
+    shown = ", ".join(key_repr(k) for k in list(keys)[:limit])
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return shown + more
 
@@ -25,7 +28,7 @@ class GraphError(ValueError):
 class CycleError(GraphError):
     def __init__(self, cycle: Sequence[object]) -> None:
         self.cycle = list(cycle)
-        path = " -> ".join(repr(k) for k in self.cycle[:8])
+        path = " -> ".join(key_repr(k) for k in self.cycle[:8])
         more = " -> ..." if len(self.cycle) > 8 else ""
         super().__init__(f"the graph has a cycle: {path}{more}; a task cannot depend on "
                          f"its own result")
@@ -35,7 +38,7 @@ class MissingDependencyError(GraphError):
     def __init__(self, missing: dict[object, object]) -> None:
         # missing: dependency key -> one key of a task that needs it
         self.missing = missing
-        pairs = [f"{dep!r} (needed by {needer!r})" for dep, needer in list(missing.items())[:5]]
+        pairs = [f"{key_repr(dep)} (needed by {key_repr(needer)})" for dep, needer in list(missing.items())[:5]]
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         super().__init__(f"the graph refers to keys that are neither in it nor held by the "
                          f"cluster: {', '.join(pairs)}{more}")

@@ -32,7 +32,7 @@ import numpy as np
 Key = Union[str, int, float, tuple]  # noqa: UP007  (a runtime alias, used in isinstance-free annotations)
 
 __all__ = ["MAX_KEY_DEPTH", "ExplicitKeys", "InvalidKeyError", "Key", "KeyBlock", "RegularKeys",
-           "check_key", "key_name"]
+           "check_key", "key_name", "key_repr"]
 
 MAX_KEY_DEPTH = 400
 """Most levels of tuples nested in one key (``("x", (0,))`` has 2). Dask's own check stops at
@@ -86,7 +86,7 @@ def _why(key: object) -> str:
         t = type(value)
         if t is tuple:
             if len(path) + 1 > MAX_KEY_DEPTH:
-                return (f"{_short(key)} is not a valid key: its tuples nest deeper than "
+                return (f"{key_repr(key)} is not a valid key: its tuples nest deeper than "
                         f"{MAX_KEY_DEPTH} levels (the most stagecost carries); flatten it")
             for i in range(len(value) - 1, -1, -1):  # type: ignore[arg-type]
                 stack.append((value[i], (*path, i)))  # type: ignore[index]
@@ -103,22 +103,45 @@ def _why(key: object) -> str:
                     hint = tip
                     break
         hint = f"; {hint}" if hint else ""
-        return (f"{_short(key)} is not a valid key: the part{where} is a {t.__name__}. A key "
+        return (f"{key_repr(key)} is not a valid key: the part{where} is a {t.__name__}. A key "
                 f"is a str, int or float, or a tuple of keys, nested to any depth (Dask's "
                 f"rule: subclasses such as bool or numpy integers are not keys){hint}")
-    return f"{_short(key)} is not a valid key"  # pragma: no cover (unreachable)
+    return f"{key_repr(key)} is not a valid key"  # pragma: no cover (unreachable)
 
 
 _HINTS = {"bytes": "decode it to a str", "NoneType": "use a str or an int",
           "list": "use a tuple"}
 
 
-def _short(value: object, limit: int = 200) -> str:
+def key_repr(key: object, limit: int = 200) -> str:
+    """``key`` as messages show it: its ``repr`` (what a user would type to name it, nested
+    tuples included), at most ``limit`` characters (both ends kept, `` ... `` between). An int
+    too long for ``repr`` (Python's 4,300-digit limit) shows as ``<int of N bits>``; a value
+    whose ``repr`` fails, as ``<type>``. Never raises."""
     try:
-        text = repr(value)
-    except Exception:  # a huge int or a broken __repr__
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
+        text = repr(key)
+    except ValueError:  # an int beyond Python's digit limit somewhere inside
+        text = _parts_repr(key)
+    except Exception:  # a broken __repr__ (only in something that is not a key)
+        text = f"<{type(key).__name__}>"
+    if len(text) <= limit:
+        return text
+    keep = max(1, (limit - 5) // 2)
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
+def _parts_repr(value: object) -> str:
+    if type(value) is tuple:
+        inner = ", ".join(_parts_repr(p) for p in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"<int of {value.bit_length()} bits>"
+        return f"<{type(value).__name__}>"
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def key_name(key: Key) -> Hashable:
@@ -306,6 +329,6 @@ class ExplicitKeys(KeyBlock):
         return hash(tuple(self.keys))
 
     def __repr__(self) -> str:
-        head = ", ".join(repr(k) for k in self.keys[:3])
+        head = ", ".join(key_repr(k) for k in self.keys[:3])
         more = ", ..." if len(self.keys) > 3 else ""
         return f"ExplicitKeys([{head}{more}] ({len(self.keys)} keys))"

@@ -573,15 +573,18 @@ def _remote_error(msg: Message) -> BaseException:
 
 def remote_error(key: Key, blob: Any, text: str) -> BaseException:
     """The exception a task ``key`` raised on a worker (``blob``: its pickle, maybe empty),
-    with the worker's traceback ``text`` as its cause; both name the key."""
+    with the worker's traceback ``text`` as its cause; both name the key (``key_repr``)."""
+    from ..graph.keys import key_repr
+
+    shown = key_repr(key)
     try:
         exc = pickle.loads(blob) if len(blob) else RuntimeError(text)
         if not isinstance(exc, BaseException):
             raise TypeError
     except Exception:
         last = text.strip().splitlines()[-1:] or ["(no traceback was sent)"]
-        exc = RuntimeError(f"task {key!r} failed: {last[0]}")
-    exc.__cause__ = RemoteTraceback(f"(task {key!r})\n{text}")
+        exc = RuntimeError(f"task {shown} failed: {last[0]}")
+    exc.__cause__ = RemoteTraceback(f"(task {shown})\n{text}")
     with contextlib.suppress(Exception):
-        exc.add_note(f"raised by task {key!r} on a stagecost worker")
+        exc.add_note(f"raised by task {shown} on a stagecost worker")
     return exc

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..graph.errors import GraphError
-from ..graph.keys import Key, RegularKeys, key_name
+from ..graph.keys import Key, RegularKeys, key_name, key_repr
 from ..graph.layers import LayerGraph, Materialized, layer_structure
 from ..graph.lowering import Placed, reduction_levels, shuffle_stage_sizes
 from ..graph.lowgraph import TaskGraph, TaskGroup
@@ -196,7 +196,7 @@ def _needed(by_name: Mapping[str, Mapping[str, Any]], outputs: Sequence[str]) ->
                 try:
                     providers.setdefault(key_name(k), name)
                 except (TypeError, IndexError):
-                    raise WireError(f"layer {name!r}: bad key {k!r}") from None
+                    raise WireError(f"layer {name!r}: bad key {key_repr(k)}") from None
     need: set[str] = set()
     stack = list(outputs)
     while stack:

@@ -25,7 +25,7 @@ import cloudpickle
 import numpy as np
 
 from ..graph.errors import MissingDependencyError
-from ..graph.keys import RegularKeys
+from ..graph.keys import RegularKeys, key_repr
 from ..graph.lowgraph import TaskGraph
 from ..graph.task import IndexSlot, map_placeholders
 from .encodings import (
@@ -102,7 +102,7 @@ def decode(header: dict[str, Any], frames: list[BytesLike],
         for key, dl in zip(keys.keys, deps, strict=True):
             if type(dl) is not tuple:
                 raise WireError(f"the client sent a {type(dl).__name__} as the dependencies "
-                                f"of {key!r}, not a list of keys")
+                                f"of {key_repr(key)}, not a list of keys")
             for d in dl:
                 p = get(d)
                 if p is None:
@@ -112,7 +112,7 @@ def decode(header: dict[str, Any], frames: list[BytesLike],
             indptr.append(len(indices))
     except TypeError:  # an unhashable value (a msgpack map) where a key belongs
         raise WireError("the client sent a dependency that is not a key "
-                        f"(an unhashable value) in the dependencies of {key!r}") from None
+                        f"(an unhashable value) in the dependencies of {key_repr(key)}") from None
     if missing:
         raise MissingDependencyError(missing)
     group = make_group(keys, specs=list(specs), indptr=np.asarray(indptr, dtype=np.int64),
