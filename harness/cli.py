@@ -211,17 +211,6 @@ def _grid(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], Pa
     return workloads, sizes, backends, run_dir
 
 
-def _summary_text(stages: Any, runs: Any) -> str:
-    from harness.report.markup import text_table
-    from harness.report.tables import run_summary, stage_summary
-
-    s = stage_summary(stages)
-    cols = [c for c in ("backend", "workload", "n_tasks", "stage", "seconds_median",
-                        "us_per_task_median", "nbytes_median") if c in s.columns]
-    r = run_summary(runs)
-    return text_table(s[cols]) + "\n\n" + text_table(r)
-
-
 def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     from harness.output_paths import check_writable_file, prepare_folder
     from harness.runner import run_grid
@@ -259,7 +248,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         raise
     if store is not None:
         _store_run(store, run_dir)
-    from harness.report.render import render_report
+    from harness.report.render import render_report, terminal_summary
 
     render_report([run_dir], run_dir, store=store)
     if args.json:
@@ -273,7 +262,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
                "runs": json.loads(runs.to_json(orient="records"))}
         print(json.dumps(doc))
     else:
-        print(_summary_text(stages, runs))
+        print(terminal_summary([run_dir], store=store))
         print(f"\nreport: {run_dir / 'report.html'}  (and report.md)")
     meta = json.loads((run_dir / "meta.json").read_text())
     for f in meta.get("failed_cells") or []:

@@ -189,12 +189,14 @@ class GridProgress:
 
             from tqdm import tqdm
 
-            # a terminal that reports no width (0 columns) gets a usable one, not no bar
-            width = shutil.get_terminal_size((100, 24)).columns
+            # A terminal that reports no size (0×0, as a bare pty or `script` may) gets a
+            # usable one: tqdm draws nothing at all when it reads 0 rows.
+            size = shutil.get_terminal_size((100, 24))
             self.bar = tqdm(total=self.total_units, file=self.stream, unit=" tasks",
-                            unit_scale=True, ncols=width, mininterval=0.1,
+                            unit_scale=True, ncols=size.columns or 100,
+                            nrows=size.lines or 24, mininterval=0.1,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
-                                       "[{elapsed}<{remaining}] {postfix}")
+                                       "[{elapsed}<{remaining}]{postfix}")
             self._describe("")
 
     # --- the grid's side ---------------------------------------------------------------------

@@ -118,6 +118,39 @@ def test_terminal_progress_is_a_bar_with_counts(tmp_path: Path) -> None:
     assert "run 2/2" in shown and "%|" in shown and "elementwise n=100 reference" in shown
 
 
+def test_a_real_terminal_that_reports_no_size_still_shows_the_bar(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh pseudo-terminal reports 0 columns and 0 rows (as a bare pty or ``script`` may
+    give a program); the bar must still be drawn, not silently swallowed."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    try:
+        with os.fdopen(follower, "w", encoding="utf-8", closefd=False) as tty:
+            assert os.get_terminal_size(follower) == (0, 0)
+            monkeypatch.setattr(sys, "stderr", tty)  # tqdm sizes itself from stderr's terminal
+            monkeypatch.delenv("COLUMNS", raising=False)
+            monkeypatch.delenv("LINES", raising=False)
+            grid = GridProgress([CellPlan("elementwise n=100 reference", 1, 100)])
+            assert grid.terminal
+            grid.cell(0)
+            ev = grid.events()
+            ev.started("repeat 1/1", 100)
+            ev.tasks(50, 100)
+            ev.done("repeat 1/1", 0.1)
+            grid.cell_ended()
+            grid.close()
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            shown += os.read(leader, 1 << 16)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    text = shown.decode("utf-8", "replace")
+    assert "100%|" in text and "run 1/1" in text and "elementwise n=100 reference" in text
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 

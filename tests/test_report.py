@@ -509,6 +509,27 @@ def test_the_headline_figures_are_the_tables_figures(rendered: tuple[Path, Path,
             str(i) for i in range(1, len(g) + 1)]
 
 
+def test_the_terminal_summary_says_what_the_report_says(
+        rendered: tuple[Path, Path, Path]) -> None:
+    """``stagecost run`` prints the report's headline sentences (wrapped) and its ranked
+    stage table, in lines that fit the width asked for."""
+    from harness.report.render import terminal_summary
+
+    run, _, md_path = rendered
+    md = md_path.read_text(encoding="utf-8")
+    text = terminal_summary([run], width=100)
+    sentences = re.findall(r"^\*\*(.+)\*\*$", md, flags=re.M)
+    assert len(sentences) == 4
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    assert paragraphs[:4] == [" ".join(s.split()) for s in sentences], text
+    assert all(len(line) <= 100 for line in text.splitlines() if "·" in line)
+    ranked = next(t for t in md_tables(md) if "rank" in t.columns)
+    table_lines = text.split("\n\n")[4].splitlines()[2:]
+    assert len(table_lines) == len(ranked)
+    for line, row in zip(table_lines, ranked.itertuples(index=False), strict=True):
+        assert line.split()[3:6] == [row.rank, row.stage, row[6]]
+
+
 def test_headline_table_matches_summaries_numerically() -> None:
     stages, _, runs = synthetic_tables(NA_SPEC)
     summary, rsum = T.stage_summary(stages), T.run_summary(runs)

@@ -50,6 +50,7 @@ from harness.report.markup import (
     html_document,
     markdown_document,
     slug,
+    text_table,
 )
 from harness.report.schema import Run, read_run
 
@@ -437,6 +438,27 @@ def report_blocks(runs: Sequence[Run], out_dir: Path, reference: str | None = No
     for run in runs:
         blocks += _run_blocks(run)
     return blocks, jobs
+
+
+def terminal_summary(runs: Sequence[Path | str | Run], *, store: Path | None = None,
+                     factor: float = 1.10, width: int = 100) -> str:
+    """What ``stagecost run`` prints: the report's headline (the same sentences, wrapped to
+    ``width``), then the ranked stage table with the columns that fit a terminal."""
+    import textwrap
+
+    loaded = [r if isinstance(r, Run) else read_run(r) for r in runs]
+    stages, runs_df, _ = combine_runs(loaded)
+    summary = T.stage_summary(stages)
+    rsum = T.run_summary(runs_df)
+    changes, _ = _history(loaded, store, factor)
+    head = T.headline(summary, rsum, changes)
+    parts = [textwrap.fill(headline_text(row, changes is not None), width,
+                           subsequent_indent="  ") for _, row in head.iterrows()]
+    if not summary.empty:
+        ranked = _stage_display(T.ranked_stages(summary, rsum))
+        parts.append(text_table(ranked[["backend", "workload", "n_tasks", "rank", "stage",
+                                        "busy s (median)", "% of wall", "µs/task"]]))
+    return "\n\n".join(parts)
 
 
 def _write_text(path: Path, text: str) -> None:
