@@ -338,18 +338,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.output_paths import prepare_folder
-    from harness.report.compare import compare_frames, compare_text, exit_code, render_compare
+    from harness.report.compare import compare_measures, compare_text, exit_code, render_compare
     from harness.report.tables import measures
     from harness.store.db import default_store_path
     from harness.store.refs import load_runs
 
-    if args.factor <= 1.0:
-        raise UsageError(f"--factor must be above 1, got {args.factor}")
+    if not args.factor > 1.0 or args.factor == float("inf"):
+        raise UsageError(f"--factor must be a finite number above 1, got {args.factor}")
     if args.output is not None:
         prepare_folder(args.output)
     a, b = load_runs([args.a, args.b], default_store_path(args.store))
-    table = compare_frames(measures(a.stages, a.runs), measures(b.stages, b.runs),
-                           factor=args.factor)
+    table = compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
+                             factor=args.factor, names=(a.name, b.name))
     if args.output is not None:
         render_compare(table, args.output, a.name, b.name, args.factor)
     if args.json:

@@ -7,11 +7,14 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from harness.exit_codes import ExitCode
 from harness.report.compare import (
     COMPARE_COLUMNS,
+    NothingToCompare,
     compare_frames,
     compare_html,
     compare_markdown,
@@ -21,7 +24,13 @@ from harness.report.compare import (
     render_compare,
 )
 from harness.report.schema import STAGE_NAMES, write_tables
-from harness.report.stats import mann_whitney_p, min_two_sided_p
+from harness.report.stats import (
+    mann_whitney_p,
+    min_two_sided_p,
+    ratio_interval,
+    repeats_needed,
+    u_null_cdf,
+)
 from harness.report.synthetic import SyntheticSpec, synthetic_meta, synthetic_tables
 
 BASE = SyntheticSpec(backends=("reference",), sizes=(1_000, 10_000), repeats=5, seed=1)
@@ -55,7 +64,9 @@ def test_a_2x_slowdown_is_a_regression(tmp_path: Path) -> None:
     assert len(table) == 2 * (len(STAGE_NAMES) + 2)  # two sizes x (stages + ttft + wall)
     assert (table["mark"] == "+").all()
     assert table["ratio"].between(1.9, 2.1).all()
-    assert (table["test"] == "rank").all()  # 5 vs 5 repeats: the rank test can decide
+    assert table["p_value"].lt(0.01).all()  # 5 vs 5 repeats: the rank test can decide
+    assert (table["ci_low"] > 1.5).all() and (table["ci_high"] < 2.5).all()
+    assert (table["verdict"] == "worse").all()
     assert exit_code(table) == 2
 
 
@@ -80,24 +91,80 @@ def test_a_2x_speedup_is_an_improvement(tmp_path: Path) -> None:
     assert exit_code(table) == 0
 
 
-def test_few_repeats_need_non_overlapping_ranges() -> None:
+def test_too_few_repeats_say_so_and_how_many_are_needed() -> None:
     a = {"generate": [1.0, 1.1, 1.2], "optimize": [1.0, 1.1, 1.2]}
-    b = {"generate": [2.0, 2.1, 2.2],  # clearly apart: worse
-         "optimize": [1.15, 1.3, 1.5]}  # median ratio 1.18 > 1.10, but ranges overlap
+    b = {"generate": [2.0, 2.1, 2.2],  # clearly apart, but 3 vs 3 cannot reach p < 0.01
+         "optimize": [1.15, 1.3, 1.5]}
     table = compare_frames(measures_of(a), measures_of(b)).set_index("stage")
-    assert (table["test"] == "range").all()  # 3 vs 3: a rank test could not reach 0.05
-    assert table.loc["generate", "mark"] == "+"
-    assert table.loc["optimize", "mark"] == "~"
-    assert math.isnan(table.loc["generate", "p_value"])
+    assert (table["mark"] == "?").all()
+    assert (table["repeats_needed"] == 5).all()
+    assert table["verdict"].str.startswith("not enough repeats (3 vs 3)").all()
+    assert table["p_value"].isna().all() and table["ci_low"].isna().all()
     assert table.loc["generate", "ratio_min"] == pytest.approx(2.0 / 1.2)
     assert table.loc["generate", "ratio_max"] == pytest.approx(2.2 / 1.0)
+    assert exit_code(table.reset_index()) == ExitCode.INCOMPLETE
+    assert "run at least 5 repeats per side" in compare_text(table.reset_index())
+    # One side with many repeats lowers what the other needs: 3 vs 9 can decide.
+    many = compare_frames(measures_of({"execute": [1.0, 1.1, 1.2]}),
+                          measures_of({"execute": [2.0 + i / 100 for i in range(9)]}))
+    assert many["mark"].iloc[0] == "+"
+    some = compare_frames(measures_of({"execute": [1.0, 1.1, 1.2, 1.3]}),
+                          measures_of({"execute": [2.0, 2.1]}))
+    assert some["mark"].iloc[0] == "?" and some["repeats_needed"].iloc[0] == 5
+
+
+def test_five_repeats_decide_only_when_apart() -> None:
+    a = [1.00, 1.02, 1.04, 1.06, 1.08]
+    apart = compare_frames(measures_of({"wall": a}),
+                           measures_of({"wall": [1.30, 1.32, 1.34, 1.36, 1.38]}))
+    assert apart["mark"].iloc[0] == "+"
+    assert apart["p_value"].iloc[0] == pytest.approx(2 / 252)
+    # 5 vs 5 at 99 %: the interval is the full range of pairwise ratios
+    assert apart["ci_low"].iloc[0] == pytest.approx(1.30 / 1.08)
+    assert apart["ci_high"].iloc[0] == pytest.approx(1.38 / 1.00)
+    one_overlap = compare_frames(measures_of({"wall": a}),
+                                 measures_of({"wall": [1.07, 1.32, 1.34, 1.36, 1.38]}))
+    assert one_overlap["mark"].iloc[0] == "~"  # p = 4/252 > 0.01
+    assert one_overlap["verdict"].iloc[0] == "not significant"
+
+
+def test_identical_samples_are_not_significant_at_any_repeat_count() -> None:
+    for n in (5, 8, 20):
+        same = [1.0 + 0.01 * ((7 * i) % n) for i in range(n)]
+        table = compare_frames(measures_of({"wall": same}), measures_of({"wall": same}))
+        assert table["mark"].iloc[0] == "~"
+        assert table["p_value"].iloc[0] == pytest.approx(1.0)
+        assert table["ci_low"].iloc[0] <= 1.0 <= table["ci_high"].iloc[0]
+
+
+def test_false_alarms_on_synthetic_noise_are_rare() -> None:
+    """Pairs of runs drawn from one distribution, 5 repeats a side: a row is marked + only
+    when every B repeat is slower than every A one (chance 1 in 252) and the medians differ by
+    more than the factor, so fewer than 0.4 % of the rows."""
+    rng = np.random.default_rng(7)
+    values_a = {f"s{i}": list(rng.lognormal(0.0, 0.2, 5)) for i in range(1000)}
+    values_b = {f"s{i}": list(rng.lognormal(0.0, 0.2, 5)) for i in range(1000)}
+    table = compare_frames(measures_of(values_a), measures_of(values_b))
+    assert len(table) == 1000 and table["p_value"].notna().all()
+    assert (table["mark"] == "+").sum() <= 6
+    assert (table["p_value"] < 0.01).sum() <= 15  # both directions: 2 in 252
+
+
+def test_nothing_in_common_is_an_error(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", BASE)
+    b = make_run(tmp_path / "b", SyntheticSpec(backends=("other",), sizes=(1_000,), repeats=5))
+    with pytest.raises(NothingToCompare, match="no configuration in common") as err:
+        compare_runs(a, b)
+    assert "other · elementwise · n=1,000" in str(err.value)
+    assert "reference · elementwise · n=1,000" in str(err.value)
 
 
 def test_factor_guards_small_significant_changes() -> None:
     a = {"execute": [1.00, 1.01, 1.02, 1.03, 1.04]}
     b = {"execute": [1.05, 1.06, 1.07, 1.08, 1.09]}  # significant, but only ~5 % slower
     table = compare_frames(measures_of(a), measures_of(b))
-    assert table["p_value"].iloc[0] < 0.05 and table["mark"].iloc[0] == "~"
+    assert table["p_value"].iloc[0] < 0.01 and table["mark"].iloc[0] == "~"
+    assert table["verdict"].iloc[0] == "significant, but within the factor 1.1"
     strict = compare_frames(measures_of(a), measures_of(b), factor=1.02)
     assert strict["mark"].iloc[0] == "+"
     with pytest.raises(ValueError, match="factor"):
@@ -106,12 +173,24 @@ def test_factor_guards_small_significant_changes() -> None:
 
 def test_not_applicable_is_its_own_mark() -> None:
     nan = float("nan")
-    a = {"dispatch": [nan, nan, nan], "execute": [1.0, 1.0, 1.0]}
-    b = {"dispatch": [0.5, 0.5, 0.5], "execute": [1.0, 1.0, 1.0]}
+    a = {"dispatch": [nan] * 5, "execute": [1.0] * 5}
+    b = {"dispatch": [0.5] * 5, "execute": [1.0] * 5}
     table = compare_frames(measures_of(a), measures_of(b)).set_index("stage")
     assert table.loc["dispatch", "mark"] == "n/a"
     assert table.loc["execute", "mark"] == "~"
     assert exit_code(table.reset_index()) == 0
+
+
+def test_ratio_interval_and_null_distribution() -> None:
+    # P(U <= u) for 4 vs 3, counted by hand from the 35 splits: 1, 1, 2, 3, 4, ... ways
+    assert u_null_cdf(4, 3)[:4] == pytest.approx([1 / 35, 2 / 35, 4 / 35, 7 / 35])
+    assert u_null_cdf(5, 5)[-1] == pytest.approx(1.0)
+    assert repeats_needed(0.01) == 5 and repeats_needed(0.002) == 7
+    assert repeats_needed(0.01, 3, 3) == 5 and repeats_needed(0.01, 3, 9) == 1
+    lo, hi = ratio_interval(np.linspace(1.0, 1.2, 10), np.linspace(1.3, 1.5, 10), 0.01)
+    assert 1.0 < lo < 1.3 / 1.2 * 1.1 and 1.5 / 1.0 > hi > 1.25
+    assert all(math.isnan(v) for v in ratio_interval([1, 2, 3], [2, 3, 4], 0.01))
+    assert all(math.isnan(v) for v in ratio_interval([0.0] * 5, [1.0] * 5, 0.01))
 
 
 def test_mann_whitney_exact_and_approximate() -> None:
@@ -144,7 +223,7 @@ def test_renderings(tmp_path: Path) -> None:
     table = compare_runs(a, b)
     text = compare_text(table)
     assert text.splitlines()[0].split()[:3] == ["mark", "backend", "workload"]
-    assert "10 worse (+)" in text
+    assert "10 worse (+)" in text and "0 not enough repeats (?)" in text
     md = compare_markdown(table, "a", "b")
     assert re.search(r"^\|\s*\+\s*\|\s*reference\s*\|\s*elementwise\s*\|", md, re.M)
     parser = _Tags()

@@ -41,3 +41,31 @@ def test_a_run_folder_that_does_not_exist_is_an_error_not_a_usage_error(
 
 def test_the_codes_are_distinct() -> None:
     assert len({int(c) for c in ExitCode}) == len(ExitCode)
+
+
+def _synthetic_run(path: Path, repeats: int, scale: float = 1.0, backend: str = "reference",
+                   seed: int = 0) -> Path:
+    from harness.report.schema import write_tables
+    from harness.report.synthetic import SyntheticSpec, synthetic_meta, synthetic_tables
+
+    spec = SyntheticSpec(backends=(backend,), sizes=(1_000,), repeats=repeats,
+                         scale={backend: scale}, seed=seed)
+    stages, spans, runs = synthetic_tables(spec)
+    write_tables(path, stages, spans, runs, synthetic_meta(spec))
+    return path
+
+
+@pytest.mark.parametrize(("repeats", "scale", "backend", "code", "says"), [
+    (5, 1.0, "reference", ExitCode.OK, "0 worse (+)"),
+    (5, 2.0, "reference", ExitCode.REGRESSION, "10 worse (+)"),
+    (3, 2.0, "reference", ExitCode.INCOMPLETE, "run at least 5 repeats per side"),
+    (5, 1.0, "elsewhere", ExitCode.ERROR, "no configuration in common"),
+], ids=["same", "regressed", "too-few-repeats", "nothing-in-common"])
+def test_compare_verdicts_have_their_own_codes(tmp_path: Path, repeats: int, scale: float,
+                                               backend: str, code: ExitCode, says: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    a = _synthetic_run(tmp_path / "a", repeats)
+    b = _synthetic_run(tmp_path / "b", repeats, scale, backend, seed=1)
+    assert main(["compare", str(a), str(b)]) == code
+    out = capsys.readouterr()
+    assert says in out.out + out.err

@@ -1,25 +1,27 @@
-"""Compare two run folders (A = before, B = after): what got slower, what got faster.
+"""Compare two runs (A = before, B = after): what got slower, what got faster, what cannot
+be told yet.
 
 Rules of this module:
 
 - Rows match on (backend, workload, n_tasks, stage); ``stage`` covers the eight stages (busy
-  seconds, roles summed) and the run-level ``time_to_first_task`` and ``wall``, so runs recorded
-  with stage recording off still compare on wall time. Rows present on one side only are left
-  out.
-- ``ratio`` is median(B) / median(A); ``ratio_min``..``ratio_max`` is the range of B/A over all
-  pairs of repeats (min B / max A .. max B / min A), since repeats of two runs are not paired.
-- Significance (level ``ALPHA`` = 0.05), decided per row:
-
-  * when both sides have enough repeats for a two-sided Mann-Whitney U test to reach ``ALPHA``
-    at all (the smallest possible p, ``2 / C(nA + nB, nA)``, is below ``ALPHA``; e.g. 4 vs 4
-    or 3 vs 5 repeats), the test decides: significant when p < ``ALPHA``;
-  * otherwise (e.g. 3 vs 3 repeats, where the smallest possible p is 0.1) the ranges must not
-    overlap: every B repeat slower than every A repeat, or every one faster. With a single
-    repeat on each side this reduces to "the values differ" and the factor alone guards.
-
+  seconds, roles summed, from the repeats recorded with stage recording on) and the run-level
+  ``time_to_first_task`` and ``wall`` (wall time from the repeats with recording off, see
+  ``tables.measures``). Rows present on one side only are left out; two runs with no row in
+  common cannot be compared (``NothingToCompare``).
+- ``ratio`` is median(B) / median(A); ``ci_low``..``ci_high`` is a ``1 - ALPHA`` (99 %)
+  confidence interval for the factor B/A (``stats.ratio_interval``); ``ratio_min`` ..
+  ``ratio_max`` is the range of B/A over all pairs of repeats (min B / max A .. max B / min A).
+- Significance: two-sided Mann-Whitney U at ``ALPHA`` = 0.01 (``stats.mann_whitney_p``).
+  A rank test assumes nothing about the shape of the noise, and a strict level keeps the
+  false alarms of a comparison with ten rows or so rare. The test can reach that level only
+  with enough repeats (``stats.min_two_sided_p`` < ``ALPHA``: 5 vs 5, 4 vs 6, 3 vs 9, ...);
+  with fewer the row says "not enough repeats" and how many are needed (``repeats_needed``),
+  instead of a verdict.
 - Marks: ``+`` worse (ratio > factor and significant), ``-`` better (ratio < 1 / factor and
-  significant), ``~`` otherwise, ``n/a`` when either side lacks the stage (not applicable, or
-  an unknown time to first task). Only ``+`` makes the exit code 2 (asv's convention).
+  significant), ``~`` otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
+  lacks the stage (not applicable, or an unknown time to first task). ``verdict`` says the
+  same in words. ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if
+  any row is ``?``; else 0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.exit_codes import ExitCode
 from harness.report.figures import ratio_figure, save_figure
 from harness.report.markup import (
     Block,
@@ -42,12 +45,19 @@ from harness.report.markup import (
     text_table,
 )
 from harness.report.schema import read_run
-from harness.report.stats import mann_whitney_p, min_two_sided_p
+from harness.report.stats import (
+    mann_whitney_p,
+    min_two_sided_p,
+    ratio_interval,
+    repeats_needed,
+)
 from harness.report.tables import measures, sort_rows
 
 __all__ = [
     "ALPHA",
     "COMPARE_COLUMNS",
+    "MARK_WORDS",
+    "NothingToCompare",
     "compare_frames",
     "compare_html",
     "compare_markdown",
@@ -59,13 +69,23 @@ __all__ = [
 
 COMPARE_COLUMNS: tuple[str, ...] = (
     "backend", "workload", "n_tasks", "stage", "repeats_a", "repeats_b", "median_a",
-    "median_b", "ratio", "ratio_min", "ratio_max", "test", "p_value", "mark")
-"""Columns of the comparison table, in order."""
+    "median_b", "ratio", "ci_low", "ci_high", "ratio_min", "ratio_max", "p_value", "mark",
+    "verdict", "repeats_needed")
+"""Columns of the comparison table, in order. ``repeats_needed`` is the fewest repeats per
+side that could decide a ``?`` row (0 on other rows)."""
 
-ALPHA = 0.05
-"""Significance level of the rank test."""
+ALPHA = 0.01
+"""Significance level of the rank test, and 1 - confidence of the ratio interval."""
+
+MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant",
+              "?": "not enough repeats", "n/a": "not applicable"}
+"""What each mark means, in words."""
 
 _KEY = ["backend", "workload", "n_tasks", "stage"]
+
+
+class NothingToCompare(ValueError):
+    """Two runs share no configuration (backend, workload, task count) and measure."""
 
 
 def _sides(meas: pd.DataFrame) -> pd.DataFrame:
@@ -75,34 +95,52 @@ def _sides(meas: pd.DataFrame) -> pd.DataFrame:
         applicable=("applicable", "all")).reset_index()
 
 
-def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[str, object]:
+def _spread(a: tuple[float, ...], b: tuple[float, ...]) -> dict[str, float]:
     med_a, med_b = float(np.median(a)), float(np.median(b))
     lo_a, hi_a, lo_b, hi_b = min(a), max(a), min(b), max(b)
     # 0 -> 0 is no change; x -> y from 0 has no ratio.
     ratio = med_b / med_a if med_a > 0 else (1.0 if med_b == 0 else math.nan)
-    r_min = lo_b / hi_a if hi_a > 0 else math.nan
-    r_max = hi_b / lo_a if lo_a > 0 else math.nan
-    if min_two_sided_p(len(a), len(b)) < ALPHA:
-        test, p = "rank", mann_whitney_p(a, b)
-        worse_sig = better_sig = p < ALPHA
-    else:
-        test, p = "range", math.nan
-        worse_sig, better_sig = lo_b > hi_a, hi_b < lo_a
-    if math.isfinite(ratio) and ratio > factor and worse_sig and med_b > med_a:
+    return {"median_a": med_a, "median_b": med_b, "ratio": ratio,
+            "ratio_min": lo_b / hi_a if hi_a > 0 else math.nan,
+            "ratio_max": hi_b / lo_a if lo_a > 0 else math.nan}
+
+
+def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[str, object]:
+    spread = _spread(a, b)
+    out: dict[str, object] = {**spread, "ci_low": math.nan, "ci_high": math.nan,
+                              "p_value": math.nan, "repeats_needed": 0}
+    if min_two_sided_p(len(a), len(b)) >= ALPHA:
+        need = repeats_needed(ALPHA, len(a), len(b))
+        out.update(mark="?", repeats_needed=need,
+                   verdict=f"not enough repeats ({len(a)} vs {len(b)}): "
+                           f"{need} per side can decide")
+        return out
+    p = mann_whitney_p(a, b)
+    out["p_value"] = p
+    out["ci_low"], out["ci_high"] = ratio_interval(a, b, ALPHA)
+    ratio, med_a, med_b = spread["ratio"], spread["median_a"], spread["median_b"]
+    significant = p < ALPHA
+    if math.isfinite(ratio) and ratio > factor and significant and med_b > med_a:
         mark = "+"
-    elif math.isfinite(ratio) and ratio < 1.0 / factor and better_sig and med_b < med_a:
+    elif math.isfinite(ratio) and ratio < 1.0 / factor and significant and med_b < med_a:
         mark = "-"
     else:
         mark = "~"
-    return {"median_a": med_a, "median_b": med_b, "ratio": ratio, "ratio_min": r_min,
-            "ratio_max": r_max, "test": test, "p_value": p, "mark": mark}
+    if mark == "~" and significant:
+        verdict = f"significant, but within the factor {factor:g}"
+    else:
+        verdict = MARK_WORDS[mark]
+    out.update(mark=mark, verdict=verdict)
+    return out
 
 
 def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
                    factor: float = 1.10) -> pd.DataFrame:
     """Compare two ``tables.measures`` tables (A before, B after); see the module rules.
 
-    Raises ``ValueError`` for a ``factor`` below 1 (the caller's mistake).
+    An empty result means the tables share no row (callers with whole runs raise
+    ``NothingToCompare``; ``compare_runs`` does). Raises ``ValueError`` for a ``factor``
+    below 1 (the caller's mistake).
     """
     if not (factor >= 1.0 and math.isfinite(factor)):
         raise ValueError(f"factor must be a finite number >= 1 (e.g. 1.10), got {factor}")
@@ -115,44 +153,76 @@ def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
         if not (row.applicable_a and row.applicable_b and a and b):
             rows.append({**base, "median_a": float(np.median(a)) if a else math.nan,
                          "median_b": float(np.median(b)) if b else math.nan,
-                         "ratio": math.nan, "ratio_min": math.nan, "ratio_max": math.nan,
-                         "test": "", "p_value": math.nan, "mark": "n/a"})
+                         "ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                         "ratio_min": math.nan, "ratio_max": math.nan, "p_value": math.nan,
+                         "mark": "n/a", "verdict": MARK_WORDS["n/a"], "repeats_needed": 0})
             continue
         rows.append({**base, **_judge(a, b, factor)})
     out = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
-    out["n_tasks"] = out["n_tasks"].astype("int64")
-    for c in ("repeats_a", "repeats_b"):
+    for c in ("n_tasks", "repeats_a", "repeats_b", "repeats_needed"):
         out[c] = out[c].astype("int64")
     return sort_rows(out, _KEY)
+
+
+def _configs(meas: pd.DataFrame) -> str:
+    cfgs = sorted({f"{b} · {w} · n={int(n):,}" for b, w, n in
+                   meas[["backend", "workload", "n_tasks"]].itertuples(index=False)})
+    return "; ".join(cfgs) if cfgs else "no measured configuration"
+
+
+def compare_measures(meas_a: pd.DataFrame, meas_b: pd.DataFrame, factor: float = 1.10,
+                     names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
+    """``compare_frames`` of two whole runs; raises ``NothingToCompare`` (naming what each
+    run holds) when they share no row."""
+    table = compare_frames(meas_a, meas_b, factor=factor)
+    if table.empty:
+        raise NothingToCompare(
+            f"{names[0]} and {names[1]} have no configuration in common, so there is nothing "
+            f"to compare. {names[0]} has: {_configs(meas_a)}. {names[1]} has: "
+            f"{_configs(meas_b)}. Compare runs of the same backend, workload and task count")
+    return table
 
 
 def compare_runs(a_dir: Path | str, b_dir: Path | str, factor: float = 1.10) -> pd.DataFrame:
     """Read two run folders and compare them (A before, B after); columns ``COMPARE_COLUMNS``.
 
-    Raises ``schema.RunFolderError`` if either folder is bad.
+    Raises ``schema.RunFolderError`` if either folder is bad, ``NothingToCompare`` if they
+    share no configuration.
     """
     a, b = read_run(a_dir), read_run(b_dir)
-    return compare_frames(measures(a.stages, a.runs), measures(b.stages, b.runs),
-                          factor=factor)
+    return compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
+                            factor=factor, names=(a.name, b.name))
 
 
 def exit_code(table: pd.DataFrame) -> int:
-    """2 if any row is marked ``+`` (a regression), else 0."""
-    return 2 if (table["mark"] == "+").any() else 0
+    """``ExitCode.REGRESSION`` (2) if any row is marked ``+``; else ``ExitCode.INCOMPLETE``
+    (3) if any row is ``?`` (not enough repeats to decide); else ``ExitCode.OK`` (0)."""
+    if (table["mark"] == "+").any():
+        return int(ExitCode.REGRESSION)
+    if (table["mark"] == "?").any():
+        return int(ExitCode.INCOMPLETE)
+    return int(ExitCode.OK)
 
 
 def _display(table: pd.DataFrame) -> pd.DataFrame:
-    return table[["mark", "backend", "workload", "n_tasks", "stage", "median_a", "median_b",
-                  "ratio", "ratio_min", "ratio_max", "test", "p_value"]].rename(columns={
+    return table[["mark", "backend", "workload", "n_tasks", "stage", "repeats_a", "repeats_b",
+                  "median_a", "median_b", "ratio", "ci_low", "ci_high", "ratio_min",
+                  "ratio_max", "p_value", "verdict"]].rename(columns={
+                      "repeats_a": "A n", "repeats_b": "B n",
                       "median_a": "A s (median)", "median_b": "B s (median)",
-                      "ratio_min": "ratio min", "ratio_max": "ratio max", "p_value": "p"})
+                      "ci_low": "ci low", "ci_high": "ci high", "ratio_min": "ratio min",
+                      "ratio_max": "ratio max", "p_value": "p"})
 
 
 def _tally(table: pd.DataFrame) -> str:
     counts = table["mark"].value_counts()
-    return (f"{int(counts.get('+', 0))} worse (+), {int(counts.get('-', 0))} better (-), "
-            f"{int(counts.get('~', 0))} not significant (~), "
-            f"{int(counts.get('n/a', 0))} not applicable (n/a)")
+    text = ", ".join(f"{int(counts.get(m, 0))} {w} ({m})" for m, w in MARK_WORDS.items())
+    undecided = table[table["mark"] == "?"]
+    if not undecided.empty:
+        text += (f". {len(undecided)} row(s) cannot be decided with these repeats: run at "
+                 f"least {int(undecided['repeats_needed'].max())} repeats per side (-r) for "
+                 "a verdict")
+    return text
 
 
 def compare_text(table: pd.DataFrame) -> str:
@@ -164,10 +234,13 @@ def _blocks(table: pd.DataFrame, a_name: str, b_name: str, factor: float,
             figure: str | None) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"stagecost compare: {a_name} → {b_name}", 1),
-        Para(f"ratio = median(B) / median(A). + worse: ratio > {factor:g} and significant; "
-             f"- better: ratio < 1/{factor:g} and significant; ~ not significant; n/a: a side "
-             f"lacks the stage. Significance: Mann-Whitney U (p < {ALPHA:g}) when the repeats allow "
-             "it, else non-overlapping min..max ranges."),
+        Para(f"ratio = median(B) / median(A), with its {1 - ALPHA:.0%} confidence interval "
+             f"(ci) and the range over all pairs of repeats. + worse: ratio > {factor:g} and "
+             f"significant; - better: ratio < 1/{factor:g} and significant; ~ not "
+             f"significant (or within the factor); ? not enough repeats to decide; n/a: a "
+             f"side lacks the stage. Significance: two-sided Mann-Whitney U, p < {ALPHA:g}. "
+             "Wall times come from the repeats run with stage recording off, stages from "
+             "those with it on."),
         Para(_tally(table)),
         Table(_display(table)),
     ]
