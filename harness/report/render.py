@@ -169,7 +169,7 @@ def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
         "time_to_first_task_s_median": "first task s (median)",
         "time_to_first_task_s_min": "first task min",
         "time_to_first_task_s_max": "first task max", "tasks_run_median": "tasks run",
-        "wall_us_per_task": "wall µs/task"})
+        "wall_us_per_task": "wall µs/task", "overhead_us_per_task": "µs/task above floor"})
 
 
 # --- history from the store ----------------------------------------------------------------
