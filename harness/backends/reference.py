@@ -80,7 +80,7 @@ class ReferenceBackend(Backend):
         from scheduler.runtime.clocks import now_ns
 
         client = self.client
-        client.spans(drain=True)  # start from an empty record everywhere
+        client.spans(drain=True)  # start from an empty record (and memory peak) everywhere
         opts = self.options
         tasks = getattr(progress, "tasks", None)
         t0 = now_ns()
@@ -99,11 +99,11 @@ class ReferenceBackend(Backend):
         if len(result.results) != len(workload.outputs):
             raise BackendError(f"{len(result.results)} results for "
                                f"{len(workload.outputs)} outputs")
-        spans = client.spans(drain=True)
+        spans, rss = client.collect(drain=True)
         if tasks_run is None:  # lowered on the scheduler: it says how many tasks there were
             tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph),
                             default=None)
-        return Measurement(spans, t0, t_end, tasks_run, result.nbytes)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes, peak_rss=rss)
 
     def pids(self) -> dict[str, int]:
         import os

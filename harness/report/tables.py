@@ -161,11 +161,14 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
     ``time_to_first_task_s_median`` (``_min``, ``_max``), ``tasks_run_median``,
     ``wall_us_per_task`` (median wall time per task), ``overhead_us_per_task`` (median wall
     time per task above the ``floor`` backend's on the same workload and size, from the same
-    run when several are combined; empty without a floor row).
+    run when several are combined; empty without a floor row), ``peak_rss_{client,scheduler,
+    worker}_mib`` (median peak resident MiB of that role, the largest worker's for ``worker``;
+    empty where not measured).
     """
     cols = [*_CONFIG, "repeats"] + [f"{v}_{s}" for v in ("wall_s", "time_to_first_task_s")
                                     for s in ("median", "min", "max")]
     cols += ["tasks_run_median", "wall_us_per_task", "overhead_us_per_task"]
+    cols += [f"peak_rss_{role}_mib" for role in _RSS_ROLES]
     if runs.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     df = runs.assign(tasks_run=runs["tasks_run"].astype("float64"))
@@ -181,7 +184,16 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     out["wall_us_per_task"] = out["wall_s_median"] / out["n_tasks"] * 1e6
     out["overhead_us_per_task"] = _above_floor(out)
+    for role in _RSS_ROLES:  # runs written before peaks were measured lack these columns
+        col = f"peak_rss_{role}_bytes"
+        peak = (pd.to_numeric(df[col], errors="coerce").groupby([df[c] for c in _CONFIG], sort=False)
+                .median().reindex(pd.MultiIndex.from_frame(out[_CONFIG])).to_numpy()
+                if col in df else np.nan)
+        out[f"peak_rss_{role}_mib"] = peak / 2**20
     return sort_rows(out[cols], _CONFIG)
+
+
+_RSS_ROLES = ("client", "scheduler", "worker")
 
 
 def _above_floor(summary: pd.DataFrame) -> pd.Series:
