@@ -15,7 +15,7 @@ from typing import Any
 from harness.backends.base import Measurement
 from scheduler.stages import Stage
 
-__all__ = ["run_row", "span_rows", "stage_rows", "time_to_first_task"]
+__all__ = ["PEAK_RSS_COLUMNS", "run_row", "span_rows", "stage_rows", "time_to_first_task"]
 
 
 def stage_rows(m: Measurement, key: dict[str, Any], n_tasks: int,
@@ -62,6 +62,20 @@ def time_to_first_task(m: Measurement) -> float | None:
     return (min(starts) - m.t0_ns) / 1e9
 
 
+PEAK_RSS_COLUMNS = ("peak_rss_client_bytes", "peak_rss_scheduler_bytes",
+                    "peak_rss_worker_bytes", "peak_rss_by_role")
+"""Columns ``run_row`` adds: peak resident bytes of the client, the scheduler and the largest
+worker during the run (empty where the backend has no such process or could not measure
+it), and every role's figure as JSON (``{"client": ..., "worker-0": ...}``)."""
+
+
 def run_row(m: Measurement, key: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    rss = m.peak_rss
+    workers = [v for role, v in rss.items() if role.startswith("worker")]
+    peaks = (rss.get("client"), rss.get("scheduler"), max(workers) if workers else None,
+             json.dumps(dict(sorted(rss.items()))) if rss else None)
     return {**key, "wall_s": (m.t_end_ns - m.t0_ns) / 1e9,
-            "time_to_first_task_s": time_to_first_task(m), "tasks_run": m.tasks_run}
+            "time_to_first_task_s": time_to_first_task(m), "tasks_run": m.tasks_run,
+            **dict(zip(PEAK_RSS_COLUMNS, peaks, strict=True))}

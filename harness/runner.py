@@ -35,10 +35,11 @@ import pandas as pd
 
 from harness.backends import BACKENDS, make_backend
 from harness.backends.base import BackendError, RunOptions
-from harness.measure import run_row, span_rows, stage_rows
+from harness.measure import PEAK_RSS_COLUMNS, run_row, span_rows, stage_rows
 from harness.progress import CellPlan, Events, GridProgress, PlainEvents
 from harness.user_workloads import WorkloadError, build_any, graph_failed
 from harness.workloads import not_applicable
+from scheduler.runtime.memory import peak_rss
 
 ENCODED_BACKENDS = frozenset({"reference", "reference-inproc"})
 """Backends that take a graph encoding (``-e``); Dask backends pickle as Dask does, so they
@@ -118,7 +119,9 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
             what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{cell.repeats}"
             try:
                 events.started(what, workload.n_tasks)
+                peak_rss(reset=True)  # this process is the client: a new peak per run
                 m = backend.run_once(workload, progress=events)
+                m.peak_rss.setdefault("client", peak_rss())
             except KeyboardInterrupt:
                 out["interrupted"] = True
                 break
@@ -374,6 +377,9 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     spans_df = pd.DataFrame(spans, columns=list(SPANS_COLUMNS)) if not spans else \
         pd.DataFrame(spans)
     runs_df = pd.DataFrame(runs, columns=list(RUNS_COLUMNS)) if not runs else pd.DataFrame(runs)
+    for col in PEAK_RSS_COLUMNS[:-1]:  # byte counts stay integers where some are missing
+        if col in runs_df:
+            runs_df[col] = runs_df[col].astype("Int64")
     run_dir.mkdir(parents=True, exist_ok=True)
     profile_df = None
     if hooks is not None:

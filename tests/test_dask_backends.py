@@ -362,6 +362,8 @@ def test_distributed_stage_table(distributed_backend: DistributedBackend) -> Non
     comm = [r for r in m.spans if r.stage == Stage.communicate]
     assert len(comm) == 1 and m.nbytes is not None and comm[0].nbytes == m.nbytes > 0
     assert m.tasks_run == w.n_tasks - _single_input_tree_nodes(w)
+    assert set(m.peak_rss) == {"scheduler", "worker-0", "worker-1"}  # the runner adds client
+    assert all(v > 10 * 2**20 for v in m.peak_rss.values())
 
 
 @pytest.mark.cluster

@@ -26,6 +26,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
+from harness.measure import PEAK_RSS_COLUMNS
 from harness.report.schema import (
     RUNS_COLUMNS,
     SPANS_COLUMNS,
@@ -115,7 +116,8 @@ def test_json_document_has_the_promised_keys(run: RunOutput) -> None:
         assert isinstance(value, float) and value > 0, (key, value)
     runs = doc.get("runs")
     assert isinstance(runs, list) and len(runs) == len(BACKENDS) * REPEATS
-    assert all(list(r) == list(RUNS_COLUMNS) for r in runs)
+    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS] for r in runs)
+    assert all(r["peak_rss_client_bytes"] > 0 for r in runs)
 
 
 def test_rows_have_exactly_the_stages_columns(run: RunOutput) -> None:

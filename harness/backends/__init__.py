@@ -17,6 +17,7 @@ BACKENDS = MappingProxyType({
     "dask-threads": "harness.backends.dask_backends:ThreadsBackend",
     "dask-processes": "harness.backends.dask_backends:ProcessesBackend",
     "dask-sync": "harness.backends.dask_backends:SyncBackend",
+    "floor": "harness.backends.floor:FloorBackend",
 })
 """Backend name -> "module:class"."""
 

@@ -47,6 +47,9 @@ class Measurement:
     nbytes: int | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    """Peak resident bytes of this run by role (``scheduler``, ``worker-0``, ...); the runner
+    adds ``client`` (its own process) when the backend has not."""
 
 
 class Backend(ABC):

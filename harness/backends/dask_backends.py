@@ -416,11 +416,13 @@ class DistributedBackend(_DaskBackend):
         baseline = self.client.run_on_scheduler(plug.scheduler_task_count)
         sent_before = self.client.run_on_scheduler(plug.scheduler_task_progress)[0]
         self._discard()
+        self._peak_rss(reset=True)
         t0 = time.perf_counter_ns()
         expr, keys = self._client_stages(workload, self._clock)
         futures = self.client.get(expr, keys, sync=False)
         results = self._gather(futures, progress, sent_before)
         t_end = time.perf_counter_ns()
+        rss = self._peak_rss(reset=False)
         spans, tasks_run = self._collect() if self._installed else ([], None)
         del futures, expr
         note = self._forget(baseline)
@@ -428,7 +430,17 @@ class DistributedBackend(_DaskBackend):
         _check_results(results, workload)
         nbytes = sum(r.nbytes for r in spans if r.stage == Stage.serialize) or None
         return Measurement(spans, t0, t_end, tasks_run, nbytes, notes=[note] if note else [],
-                           extra={"results": results})
+                           extra={"results": results}, peak_rss=rss)
+
+    def _peak_rss(self, reset: bool) -> dict[str, int]:
+        """Peak resident bytes of the scheduler and each worker since the last reset (one
+        call to each process, once per run)."""
+        from scheduler.runtime.memory import peak_rss
+
+        out = {"scheduler": int(self.client.run_on_scheduler(peak_rss, reset))}
+        for addr, v in self.client.run(peak_rss, reset).items():
+            out[self._roles.get(addr, addr)] = int(v)
+        return out
 
     def pids(self) -> dict[str, int]:
         return {"client": os.getpid(), **self._pids}

@@ -82,7 +82,7 @@ class ReferenceBackend(Backend):
         from scheduler.runtime.clocks import now_ns
 
         client = self.client
-        client.spans(drain=True)  # start from an empty record everywhere
+        client.spans(drain=True)  # start from an empty record (and memory peak) everywhere
         opts = self.options
         tasks = getattr(progress, "tasks", None)
         t0 = now_ns()
@@ -115,11 +115,13 @@ class ReferenceBackend(Backend):
         if len(result.results) != len(outputs):
             raise BackendError(f"{len(result.results)} results for "
                                f"{len(outputs)} outputs")
-        spans = dask_spans + client.spans(drain=True)
+        collected, rss = client.collect(drain=True)
+        spans = dask_spans + collected
         if tasks_run is None:  # lowered on the scheduler: it says how many tasks there were
             tasks_run = max((r.tasks for r in spans if r.stage == Stage.update_graph),
                             default=None)
-        return Measurement(spans, t0, t_end, tasks_run, result.nbytes, extra=extra)
+        return Measurement(spans, t0, t_end, tasks_run, result.nbytes, extra=extra,
+                           peak_rss=rss)
 
     def pids(self) -> dict[str, int]:
         import os

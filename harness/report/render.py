@@ -170,7 +170,9 @@ def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
         "time_to_first_task_s_median": "first task s (median)",
         "time_to_first_task_s_min": "first task min",
         "time_to_first_task_s_max": "first task max", "tasks_run_median": "tasks run",
-        "wall_us_per_task": "wall µs/task"})
+        "wall_us_per_task": "wall µs/task", "overhead_us_per_task": "µs/task above floor",
+        "peak_rss_client_mib": "client peak MiB", "peak_rss_scheduler_mib": "scheduler peak MiB",
+        "peak_rss_worker_mib": "worker peak MiB (largest)"})
 
 
 # --- history from the store ----------------------------------------------------------------

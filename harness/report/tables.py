@@ -159,11 +159,16 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns: the key, ``repeats``, ``wall_s_median``, ``wall_s_min``, ``wall_s_max``,
     ``time_to_first_task_s_median`` (``_min``, ``_max``), ``tasks_run_median``,
-    ``wall_us_per_task`` (median wall time per task).
+    ``wall_us_per_task`` (median wall time per task), ``overhead_us_per_task`` (median wall
+    time per task above the ``floor`` backend's on the same workload and size, from the same
+    run when several are combined; empty without a floor row), ``peak_rss_{client,scheduler,
+    worker}_mib`` (median peak resident MiB of that role, the largest worker's for ``worker``;
+    empty where not measured).
     """
     cols = [*_CONFIG, "repeats"] + [f"{v}_{s}" for v in ("wall_s", "time_to_first_task_s")
                                     for s in ("median", "min", "max")]
-    cols += ["tasks_run_median", "wall_us_per_task"]
+    cols += ["tasks_run_median", "wall_us_per_task", "overhead_us_per_task"]
+    cols += [f"peak_rss_{role}_mib" for role in _RSS_ROLES]
     if runs.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     df = runs.assign(tasks_run=runs["tasks_run"].astype("float64"))
@@ -178,7 +183,30 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
         tasks_run_median=("tasks_run", "median"),
     ).reset_index()
     out["wall_us_per_task"] = out["wall_s_median"] / out["n_tasks"] * 1e6
+    out["overhead_us_per_task"] = _above_floor(out)
+    for role in _RSS_ROLES:  # runs written before peaks were measured lack these columns
+        col = f"peak_rss_{role}_bytes"
+        peak = (pd.to_numeric(df[col], errors="coerce").groupby([df[c] for c in _CONFIG], sort=False)
+                .median().reindex(pd.MultiIndex.from_frame(out[_CONFIG])).to_numpy()
+                if col in df else np.nan)
+        out[f"peak_rss_{role}_mib"] = peak / 2**20
     return sort_rows(out[cols], _CONFIG)
+
+
+_RSS_ROLES = ("client", "scheduler", "worker")
+
+
+def _above_floor(summary: pd.DataFrame) -> pd.Series:
+    """Median wall µs/task minus the floor's for the same (workload, n_tasks, run label)."""
+    label = summary["backend"].str.extract(r"^(?P<base>[^ ]+)(?P<run>( \[.*\])?)$")
+    key = [summary["workload"], summary["n_tasks"], label["run"].fillna("")]
+    floor = summary[(label["base"] == "floor").to_numpy()]
+    floor_key = [k[floor.index] for k in key]
+    per_task = pd.Series(floor["wall_us_per_task"].to_numpy(),
+                         index=pd.MultiIndex.from_arrays(floor_key))
+    wanted = pd.MultiIndex.from_arrays(key)
+    base = per_task.reindex(wanted).to_numpy() if per_task.index.is_unique else np.nan
+    return summary["wall_us_per_task"] - pd.Series(base, index=summary.index, dtype=float)
 
 
 def choose_reference(backends: Iterable[str], preferred: str | None = None) -> str:

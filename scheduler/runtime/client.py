@@ -485,13 +485,21 @@ class Client:
     def spans(self, drain: bool = True) -> list[SpanRow]:
         """Every span recorded so far by this client, the scheduler and its workers, on this
         client's clock. ``drain`` forgets them everywhere."""
+        return self.collect(drain)[0]
+
+    def collect(self, drain: bool = True) -> tuple[list[SpanRow], dict[str, int]]:
+        """``spans(drain)``, and the peak resident bytes of the scheduler and of each worker
+        (by role: ``scheduler``, ``worker-0``, ...) since the previous drain; ``drain``
+        starts a new period everywhere. A worker that did not answer within 10 s is missing
+        from both."""
         msg = self._sync(self._ask("spans", {"drain": drain}), self.timeout)
         rows = self.recorder.drain() if drain else list(self.recorder._rows)
         off = self.offset_ns
         for r in msg["rows"]:
             rows.append(SpanRow(int(r[0]), str(r[1]), int(r[2]) - off, int(r[3]) - off,
                                 int(r[4]), int(r[5]), int(r[6])))
-        return rows
+        rss = {str(k): int(v) for k, v in (msg.fields.get("rss") or {}).items()}
+        return rows, rss
 
     def info(self) -> dict[str, Any]:
         return self._sync(self._ask("info"), self.timeout).fields

@@ -51,6 +51,7 @@ from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
 from .dispatch import compute_message, graph_def_message
+from .memory import peak_rss
 from .messages import Message
 
 __all__ = ["PROGRESS_INTERVAL", "SchedulerServer", "main"]
@@ -255,7 +256,7 @@ class SchedulerServer:
         elif op == "spans":
             fut = self._span_waiters.pop(int(msg["request"]), None)
             if fut is not None and not fut.done():
-                fut.set_result(msg["rows"])
+                fut.set_result(msg.fields)
         elif op == "heartbeat":
             pass
         else:
@@ -275,8 +276,8 @@ class SchedulerServer:
                         stimulus_id=self._sid("release"), client=cid,
                         graph_id=str(msg["graph_id"]))))
                 elif msg.op == "spans":
-                    rows = await self._collect_spans(bool(msg.fields.get("drain", True)))
-                    comm.post_msg("spans", {"rows": rows})
+                    rows, rss = await self._collect_spans(bool(msg.fields.get("drain", True)))
+                    comm.post_msg("spans", {"rows": rows, "rss": rss})
                 elif msg.op == "info":
                     comm.post_msg("info", self.info())
                 elif msg.op == "shutdown":
@@ -436,9 +437,12 @@ class SchedulerServer:
             with contextlib.suppress(CommClosedError):
                 comm.post_msg(op, fields, arrays, blobs)
 
-    async def _collect_spans(self, drain: bool) -> list[list[Any]]:
+    async def _collect_spans(self, drain: bool) -> tuple[list[list[Any]], dict[str, int]]:
+        """Spans of the scheduler and its workers, and each one's peak resident bytes since
+        the last drain (``drain`` starts a new period everywhere)."""
         rows: list[list[Any]] = [list(r) for r in (self.recorder.drain() if drain
                                                   else list(self.recorder._rows))]
+        rss = {"scheduler": peak_rss(reset=drain)}
         waits = []
         for w in list(self.workers.values()):
             req = next(self._stim)
@@ -450,8 +454,10 @@ class SchedulerServer:
         if waits:
             done, _ = await asyncio.wait(waits, timeout=10)
             for fut in done:
-                rows.extend(fut.result())
-        return rows
+                reply = fut.result()
+                rows.extend(reply["rows"])
+                rss.update(reply.get("rss", {}))
+        return rows, rss
 
 
 async def _main_async(args: argparse.Namespace) -> None:

@@ -49,6 +49,7 @@ from ..wire.frames import WireError
 from .clocks import clock_identity, estimate_offset, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve, token_ok
 from .dispatch import GraphCatalog
+from .memory import peak_rss
 from .messages import Message
 
 __all__ = ["WorkerServer", "dumps_error", "dumps_values", "main"]
@@ -261,12 +262,13 @@ class WorkerServer:
         elif op == "peers":
             self._set_peers(msg["peers"])
         elif op == "spans":
-            rows = self.recorder.drain() if msg.fields.get("drain", True) else list(
-                self.recorder._rows)
+            drain = bool(msg.fields.get("drain", True))
+            rows = self.recorder.drain() if drain else list(self.recorder._rows)
             shifted = [[r[0], r[1], r[2] + self.offset_ns, r[3] + self.offset_ns, *r[4:]]
                        for r in rows]
             assert self._scheduler is not None
-            self._scheduler.post_msg("spans", {"request": msg["request"], "rows": shifted})
+            self._scheduler.post_msg("spans", {"request": msg["request"], "rows": shifted,
+                                               "rss": {self.name: peak_rss(reset=drain)}})
         elif op == "close":
             return False
         return True
