@@ -39,7 +39,7 @@ from harness.workloads import WORKLOADS
 from tests.conftest import cluster_env
 
 BACKENDS = ("reference", "reference-inproc")
-REPEATS = 2
+REPEATS = 5  # the fewest per side at which compare can decide (p < 0.01)
 N_TASKS = 2_000
 DATA_FILES = ("stages.csv", "runs.csv", "spans.csv", "meta.json")
 REPORT_FILES = ("report.html", "report.md")
@@ -201,7 +201,7 @@ def test_json_rows_carry_counts_as_integers(run: RunOutput) -> None:
 
 
 def test_progress_goes_to_stderr(run: RunOutput) -> None:
-    assert "warmup" in run.stderr and "repeat 2/2" in run.stderr
+    assert "warmup" in run.stderr and f"repeat {REPEATS}/{REPEATS}" in run.stderr
     assert "outputs in memory" in run.stderr
 
 
@@ -347,6 +347,19 @@ def test_compare_a_run_with_itself_exits_0(run: RunOutput, tmp_path: Path) -> No
     assert table and all(row["mark"] in ("~", "n/a") for row in table)
     stages = {row["stage"] for row in table}
     assert set(STAGE_NAMES) <= stages and {"wall", "time_to_first_task"} <= stages
+
+
+def test_compare_with_too_few_repeats_says_how_many_are_needed(tmp_path: Path) -> None:
+    args: list[str | Path] = ["run", "-w", "elementwise", "-n", "500", "-b", "reference-inproc",
+                              "-r", "2", "--warmups", "0", "--no-store", "-o"]
+    for name in ("a", "b"):
+        done = stagecost(*args, tmp_path / name, cwd=tmp_path)
+        assert done.code == 0, done.stderr
+    done = stagecost("compare", tmp_path / "a", tmp_path / "b", "--json", cwd=tmp_path)
+    assert done.code == 3, done.stderr
+    table = json.loads(done.stdout)
+    assert table and {row["mark"] for row in table} <= {"?", "n/a"}
+    assert all(row["repeats_needed"] == 5 for row in table if row["mark"] == "?")
 
 
 def slowed_copy(src: Path, dst: Path, factor: float) -> Path:
