@@ -54,7 +54,7 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/graph/optimize*.py``  | any                                                        | ·    | optimize |
 | ``scheduler/wire/encodings.py``   | ``encode_graph`` / ``decode_graph``                        | ·    | serialize / update_graph |
 | ``scheduler/state/priority.py``   | any                                                        | ·    | update_graph |
-| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external``, ``_clashing_key``, ``update_graph*``, ``_lower*`` | · | update_graph |
+| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external``, ``shared_keys``, ``update_graph*``, ``_lower*`` | · | update_graph |
 | ``scheduler/state/scheduler*.py`` | ``schedule``, ``_schedule*``, ``_place*``, ``_enqueue*``, ``_fill_from_queue``, ``_merge_queue``, ``_assign*``, ``_choose_worker*``, ``*decide_worker*`` | · | schedule |
 | ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_recount*``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop``, ``*forget*`` | · | execute |
 | ``scheduler/state/worker*.py``    | ``_compute``, ``*compute_task*``                           | ·    | dispatch |
@@ -148,7 +148,7 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     Rule(S.update_graph, module="scheduler/state/priority.py"),
     Rule(S.update_graph, module=_SCHED_STATE,
          function=("*graph_submitted*", "_add_segment*", "_link_external",
-                   "_notify_outputs_external", "_clashing_key", "update_graph*", "_lower*")),
+                   "_notify_outputs_external", "shared_keys", "update_graph*", "_lower*")),
     Rule(S.schedule, module=_SCHED_STATE,
          function=("schedule", "_schedule*", "_place*", "_enqueue*", "_fill_from_queue",
                    "_merge_queue", "_assign*", "_choose_worker*", "*decide_worker*")),
