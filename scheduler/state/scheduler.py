@@ -165,6 +165,17 @@ class SchedulerState:
     def n_tasks(self) -> int:
         return sum(s.n for s in self.segments.values())
 
+    @property
+    def n_results(self) -> int:
+        """Results held by workers, as far as the scheduler knows."""
+        return sum(int((s.state == S.memory).sum()) for s in self.segments.values())
+
+    def results_on(self, worker: int) -> np.ndarray:
+        """Global ids of the results the scheduler knows worker ``worker`` holds."""
+        parts = [np.flatnonzero((s.state == S.memory) & (s.worker == worker)) + s.base
+                 for s in self.segments.values()]
+        return np.concatenate(parts) if parts else _EMPTY
+
     def workers(self) -> list[int]:
         return [w for w, n in enumerate(self.nthreads) if n > 0]
 
