@@ -56,15 +56,15 @@ def graph(dsk: dict, external: tuple = ()) -> TaskGraph:
 
 
 def assert_empty(sim: Sim) -> None:
-    """The state forgot every graph: no segments, ids, names, queues or cross references,
-    and the fake workers hold and run nothing."""
+    """The state forgot every graph: no segments, ids, names, queues, cross references or
+    shared outputs, and the fake workers hold and run nothing."""
     state = sim.state
     assert state.n_tasks == 0
     assert state.segments == {}
     assert state._by_base == [] and state._bases == []
     assert state._by_graph == {}
     assert state._names == {}
-    assert state._cross == {}
+    assert state._cross == {} and state._watch == {}
     assert not state._queue
     assert state.pending_placement == 0
     assert all(o == 0 for o in state.occupancy)

@@ -154,12 +154,13 @@ class SchedulerServer:
                 if seg is None or cid not in self.clients:
                     del self._watched[sid]
                     continue
-                done = min(seg.finished, seg.n)
+                total = seg.n - len(seg.alias)  # tasks shared with older graphs run there
+                done = min(seg.finished, total)
                 if done != told:
                     self._to_client(cid, "progress", {"graph_id": graph_id, "done": done,
-                                                      "total": seg.n})
+                                                      "total": total})
                     self._watched[sid] = (cid, graph_id, done)
-                if done == seg.n:
+                if done == total:
                     del self._watched[sid]
 
     # --- connections ---------------------------------------------------------------------------

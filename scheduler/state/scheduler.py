@@ -110,6 +110,7 @@ class SchedulerState:
         self._next_base = 0
         self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks
         self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
+        self._cross_keys: np.ndarray | None = None  # sorted keys of _cross (None: stale)
         self._watch: dict[int, list[int]] = {}  # gid -> later segments wanting it as output
         self._failures: dict[int, tuple[Any, bytes, str]] = {}  # failed gid -> error
         self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
@@ -499,6 +500,7 @@ class SchedulerState:
         src = seg.dep_idx[ext]
         for g, u in zip(src.tolist(), (owners[ext] + seg.base).tolist(), strict=True):
             self._cross.setdefault(g, []).append(u)
+        self._cross_keys = None
         for sseg, loc in self._split(src):
             np.add.at(sseg.remaining, loc, 1)
         for sseg, loc in self._split(ext_out):
@@ -561,12 +563,15 @@ class SchedulerState:
         gids = out + seg.base
         if not self._watch:
             return [(seg, gids)]  # nobody shares keys: every wanted task is seg's own output
-        pos = np.minimum(np.searchsorted(seg.outputs, gids), max(len(seg.outputs) - 1, 0))
-        own = gids[seg.outputs[pos] == gids] if len(seg.outputs) and not seg.released \
-            else _EMPTY
-        found = [(seg, own)] if len(own) else []
+        if len(seg.outputs) and not seg.released:
+            pos = np.minimum(np.searchsorted(seg.outputs, gids), len(seg.outputs) - 1)
+            mine = seg.outputs[pos] == gids
+        else:
+            mine = np.zeros(len(gids), dtype=bool)
+        found = [(seg, gids[mine])] if mine.any() else []
         by_sid: dict[int, list[int]] = {}
-        for g in gids.tolist():
+        # wanted by more graphs than seg itself: the others are in _watch
+        for g in gids[seg.wanted[out] > mine].tolist():
             for sid in self._watch.get(g, ()):
                 by_sid.setdefault(sid, []).append(g)
         found.extend((self.segments[sid], np.asarray(gs, dtype=np.int64))
@@ -660,8 +665,8 @@ class SchedulerState:
             newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
             self._transition(seg, newly, S.ready)
         if self._cross:
-            for g in (local + seg.base).tolist():
-                for u in self._cross.get(g, ()):
+            for g in self._with_cross(local + seg.base):
+                for u in self._cross[g]:
                     useg = self.segment_of(u)
                     ui = u - useg.base
                     useg.waiting[ui] -= 1
@@ -682,6 +687,15 @@ class SchedulerState:
                                           graph_id=s.graph_id, ids=gids,
                                           workers=seg.worker[gids - seg.base].astype(np.int64),
                                           done=s.outputs_left == 0))
+
+    def _with_cross(self, gids: np.ndarray) -> list[int]:
+        """Those of ``gids`` that have dependents in later segments (numpy, not a loop)."""
+        if self._cross_keys is None:
+            self._cross_keys = np.sort(np.fromiter(self._cross, dtype=np.int64,
+                                                   count=len(self._cross)))
+        keys = self._cross_keys
+        pos = np.minimum(np.searchsorted(keys, gids), len(keys) - 1)
+        return gids[keys[pos] == gids].tolist()
 
     def _release_unneeded(self, seg: Segment, local: np.ndarray) -> None:
         free = local[(seg.remaining[local] <= 0) & (seg.wanted[local] == 0)
@@ -835,6 +849,7 @@ class SchedulerState:
                     self._cross[g] = rest
                 else:
                     self._cross.pop(g, None)
+            self._cross_keys = None
             ids = seg.dep_idx[ext][pending]
             for g, c in zip(*unique_counts(ids), strict=True):
                 g = int(g)
