@@ -161,3 +161,39 @@ def test_many_clients_with_overlapping_and_disjoint_graphs_in_any_order() -> Non
         sim.release(client)
     assert_empty(sim)
     assert not np.any([w.running for w in sim.workers.values()])
+
+
+def test_a_released_graph_stops_the_work_only_it_wanted() -> None:
+    """``ann`` runs the elementwise workload, ``bob`` the reduction, which reads the same
+    source layer. ``ann`` releases halfway: her running tasks that ``bob`` does not need are
+    cancelled and none of them is sent again, while the sources ``bob`` reads keep running.
+    ``bob`` gets every output, and then the state is empty."""
+    ew, red = build("elementwise", 2000), build("reduction", 2000)
+    sim = Sim(workers=2, nthreads=2)
+    sim.submit(ew.lower(), ew.outputs, client="ann")
+    sim.submit(red.lower(), red.outputs, client="bob")
+    ann = sim.state.graph("ann", "g")
+    assert ann is not None
+    rng = random.Random(5)
+    for _ in range(6):
+        busy = [w for w, r in sim.running().items() if r]
+        w = rng.choice(busy)
+        sim.finish(w, rng.sample(sim.running()[w], min(50, len(sim.running()[w]))))
+    bob = sim.state.graph("bob", "g")
+    assert bob is not None
+    bob_reads = set(bob.dep_idx[(bob.dep_idx >= ann.base)
+                                & (bob.dep_idx < ann.base + ann.n)].tolist())
+    running_before = {i for r in sim.running().values() for i in r}
+    sent_before = len(sim.sent(SendTasks))
+    out = sim.release("ann")
+    cancelled = {int(i) for ins in out if type(ins).__name__ == "CancelTasks"
+                 for i in ins.ids.tolist()}
+    ann_only = {i for i in running_before if ann.base <= i < ann.base + ann.n} - bob_reads
+    assert cancelled == ann_only and ann_only
+    sim.run(rng)
+    later = {int(i) for ins in sim.sent(SendTasks)[sent_before:] for i in ins.ids.tolist()}
+    assert not later & (set(range(ann.base, ann.base + ann.n)) - bob_reads)
+    log = sim.log("bob")
+    assert set(log.reported) == set(log.outputs.tolist()) and log.done
+    sim.release("bob")
+    assert_empty(sim)

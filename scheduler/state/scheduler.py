@@ -87,6 +87,9 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (S.ready, S.erred): "_noop",
     (S.processing, S.erred): "_leave_processing",
     (S.erred, S.erred): "_noop",
+    (S.waiting, S.released): "_noop",          # nobody needs it any more (shared keys)
+    (S.ready, S.released): "_noop",
+    (S.processing, S.released): "_leave_processing",
 }
 
 _LEGAL = np.zeros((len(S), len(S)), dtype=bool)
@@ -807,12 +810,53 @@ class SchedulerState:
         for oseg, loc in self._split(ext):
             oseg.wanted[loc] -= 1
             self._release_unneeded(oseg, loc)
+            if oseg.released:
+                self._maybe_drop(oseg)
         self._release_unneeded(seg, own)
+
+    def _forget_unneeded(self, seg: Segment) -> None:
+        """A released graph that others still use: its tasks that no graph wants, directly
+        or through what they feed, stop (cancelled if running) and go back to released, as
+        if never asked for; what they read is freed if nobody else needs it."""
+        pending = np.isin(seg.state, (S.waiting, S.ready, S.processing))
+        if not pending.any():
+            return
+        needed = seg.wanted > 0
+        if self._cross:
+            fed = np.asarray(self._with_cross(np.arange(seg.base, seg.base + seg.n)),
+                             dtype=np.int64)
+            for g in fed.tolist():
+                if any(np.isin(self._states(np.asarray(self._cross[g])),
+                               (S.waiting, S.ready, S.processing, S.erred))):
+                    needed[g - seg.base] = True
+        frontier = np.flatnonzero(needed)
+        while len(frontier):  # everything the needed tasks read, inside this graph
+            deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, frontier)
+            deps = deps[(deps >= seg.base) & (deps < seg.base + seg.n)] - seg.base
+            frontier = unique(deps[~needed[deps]])
+            needed[frontier] = True
+        drop = np.flatnonzero(pending & ~needed)
+        if not len(drop):
+            return
+        proc = drop[seg.state[drop] == S.processing]
+        for w in unique(seg.worker[proc]):
+            if self.nthreads[int(w)] > 0:
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[seg.worker[proc] == w] + seg.base))
+        self._transition(seg, drop, S.released)
+        deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, drop)  # one dependent fewer each
+        for dseg, dl in self._split(deps):
+            np.subtract.at(dseg.remaining, dl, 1)
+            self._release_unneeded(dseg, unique(dl))
 
     def _maybe_drop(self, seg: Segment) -> None:
         """Forget a graph nobody wants and no later graph uses: cancel its running tasks,
         free its results, drop its arrays."""
-        if seg.refs > 0 or seg.wanted.any() or seg.sid not in self.segments:
+        if seg.sid not in self.segments:
+            return
+        if seg.refs > 0 or seg.wanted.any():
+            if seg.released:
+                self._forget_unneeded(seg)
             return
         proc = np.nonzero(seg.state == S.processing)[0]
         for w in unique(seg.worker[proc]):
