@@ -90,6 +90,7 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (S.waiting, S.released): "_noop",          # nobody needs it any more (shared keys)
     (S.ready, S.released): "_noop",
     (S.processing, S.released): "_leave_processing",
+    (S.released, S.erred): "_noop",            # made again, but it reads a failed result
 }
 
 _LEGAL = np.zeros((len(S), len(S)), dtype=bool)
@@ -368,16 +369,22 @@ class SchedulerState:
                 continue
             deps = seg.dep_idx[seg.dep_ptr[i]:seg.dep_ptr[i + 1]]
             missing = 0
+            failed = -1
             for d in deps.tolist():
                 dseg = self.segment_of(d)
                 di = d - dseg.base
                 dseg.remaining[di] += 1
-                if dseg.state[di] != S.memory:
+                if dseg.state[di] == S.erred:
+                    failed = d
+                elif dseg.state[di] != S.memory:
                     missing += 1
                     if dseg.state[di] == S.released:
                         stack.append(d)
             li = np.asarray([i])
-            if missing:
+            if failed >= 0:  # it reads a result that failed since: it fails too
+                self._transition(seg, li, S.erred)
+                self._spread_error(seg, li, failed, li)
+            elif missing:
                 seg.waiting[i] = missing
                 self._transition(seg, li, S.waiting)
             else:
@@ -430,16 +437,16 @@ class SchedulerState:
             self._transition(seg, np.nonzero(runs)[0], S.ready)
             if seg.uses:
                 self._inherit_errors(seg)
+        if len(ext_out):
+            # outputs that are tasks of live graphs: those in memory are reported at once
+            self._notify_outputs_external(seg, ext_out)
         if seg.uses:
             ext = seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)] \
                 if n and len(seg.outputs) else _EMPTY
             ext = unique(np.concatenate([ext, ext_out]))
             for g in ext[self._states(ext) == S.released].tolist():
                 self._recompute(g)  # a result freed before this graph came: make it again
-        if len(ext_out):
-            # outputs that are tasks of live graphs: those in memory are reported at once
-            self._notify_outputs_external(seg, ext_out)
-        elif not len(seg.outputs) or not n:
+        if not len(ext_out) and (not len(seg.outputs) or not n):
             # nothing asked for: the answer is complete now (the client will release it)
             self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
                                           graph_id=seg.graph_id, ids=_EMPTY,
@@ -495,9 +502,9 @@ class SchedulerState:
                 for sid in self._names.get(name, ())]
 
     def _link_external(self, seg: Segment, ext_out: np.ndarray) -> None:
-        """Tie a new segment to the live tasks it reads (dependencies outside its range) or
-        asks for (outputs outside its range): they count it as a dependent or a wanter, and
-        their segments cannot be dropped before it."""
+        """Tie a new segment to the live tasks it reads (dependencies outside its range),
+        asks for (outputs outside its range) or aliases: they count it as a dependent or a
+        wanter, and their segments cannot be dropped before it."""
         owners = np.repeat(np.arange(seg.n, dtype=np.int64), np.diff(seg.dep_ptr))
         ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + seg.n)
         src = seg.dep_idx[ext]
@@ -510,7 +517,8 @@ class SchedulerState:
             sseg.wanted[loc] += 1  # outputs are unique
         for g in ext_out.tolist():
             self._watch.setdefault(g, []).append(seg.sid)
-        for sseg, _ in self._split(unique(np.concatenate([src, ext_out]))):
+        # aliases count too, read or not: a key must name a live task while seg lives
+        for sseg, _ in self._split(unique(np.concatenate([src, ext_out, seg.alias_gid]))):
             sseg.refs += 1
             seg.uses.append(sseg.sid)
 
@@ -526,8 +534,14 @@ class SchedulerState:
             return
         owners = np.repeat(np.arange(n, dtype=np.int64), np.diff(seg.dep_ptr))
         cause = int(seg.dep_idx[np.flatnonzero(bad)[0]])
+        self._spread_error(seg, unique(owners[bad]), cause)
+
+    def _spread_error(self, seg: Segment, start: np.ndarray, cause: int,
+                      failed: np.ndarray = _EMPTY) -> None:
+        """Tasks ``start`` of ``seg`` read the failed result ``cause``: they and everything
+        that depends on them fail (running ones are cancelled), and the graphs that want
+        them are told. ``failed``: tasks of ``start`` already moved to erred."""
         key, blob, text = self._failure_of(cause)
-        start = unique(owners[bad])
         hit: list[tuple[Segment, np.ndarray]] = []
         for s, erred in self._dependents_closure(seg, start):
             erred = np.union1d(erred, start) if s is seg else erred
@@ -537,7 +551,7 @@ class SchedulerState:
                 self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
                                              ids=proc[s.worker[proc] == w] + s.base))
             self._transition(s, new, S.erred)
-            hit.append((s, new))
+            hit.append((s, np.union1d(new, failed) if s is seg else new))
         for s, erred in hit:
             self._tell_erred(s, erred, cause, key, blob, text)
 
@@ -552,7 +566,7 @@ class SchedulerState:
             self._out.append(KeysErred(stimulus_id=self._stimulus, client=s.client,
                                        graph_id=s.graph_id, id=cause, key=key, error=blob,
                                        text=text, ids=gids))
-        if not told:
+        if not told and not seg.released:  # a released graph's client hears no more
             self._out.append(KeysErred(stimulus_id=self._stimulus, client=seg.client,
                                        graph_id=seg.graph_id, id=cause, key=key, error=blob,
                                        text=text, ids=_EMPTY))
