@@ -13,6 +13,12 @@ Transitions are listed in one table, ``TRANSITIONS``: ``(from, to) -> method``. 
 is not in the table raises ``InvalidTransition`` with the story of the task (the recent
 batches that moved it).
 
+Several graphs (of one client or many) may define the same key: the first definition wins
+(``scheduler.state.sharing``), later graphs read and ask for the live task, every graph that
+asked for a task hears of it, and a result is freed once no unreleased graph wants it and no
+pending task reads it. A released graph that others still use stops its own work nobody
+needs and is dropped when the last graph using it goes.
+
 Placement: a task whose dependencies are held by workers goes to the worker holding most of
 them (dependencies shared by very many tasks do not count), ties broken by the least
 occupied worker; tasks without such dependencies ("root-like") wait in a queue on the
@@ -90,7 +96,6 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (S.waiting, S.released): "_noop",          # nobody needs it any more (shared keys)
     (S.ready, S.released): "_noop",
     (S.processing, S.released): "_leave_processing",
-    (S.released, S.erred): "_noop",            # made again, but it reads a failed result
 }
 
 _LEGAL = np.zeros((len(S), len(S)), dtype=bool)
@@ -327,8 +332,8 @@ class SchedulerState:
         for seg, needed in lost_needed:
             for s, gids in self._wanters(seg, needed):
                 s.outputs_left += len(gids)
-            for t in needed.tolist():
-                self._recompute(seg.base + t)
+        if lost_needed:
+            self._recompute(np.concatenate([seg.base + needed for seg, needed in lost_needed]))
 
     def _requeue(self, seg: Segment, local: np.ndarray) -> None:
         """Processing tasks that lost their worker: ready again, or waiting if a dependency
@@ -357,39 +362,49 @@ class SchedulerState:
             out[m] = seg.state[gids[m] - seg.base]
         return out
 
-    def _recompute(self, gid: int) -> None:
-        """Make a released task that is still needed run again (and, first, any of its
-        dependencies whose results are gone). Rare path: Python per task."""
-        stack = [gid]
+    def _recompute(self, gids: np.ndarray) -> None:
+        """Make released tasks ``gids`` that are still needed run again (and, first, any of
+        their dependencies whose results are gone). Rare path: Python per task."""
+        stack = np.asarray(gids, dtype=np.int64).reshape(-1).tolist()
+        todo = []
         while stack:
             t = stack.pop()
             seg = self.segment_of(t)
             i = t - seg.base
             if seg.state[i] != S.released:
                 continue
+            todo.append(t)
             deps = seg.dep_idx[seg.dep_ptr[i]:seg.dep_ptr[i + 1]]
             missing = 0
-            failed = -1
             for d in deps.tolist():
                 dseg = self.segment_of(d)
                 di = d - dseg.base
                 dseg.remaining[di] += 1
-                if dseg.state[di] == S.erred:
-                    failed = d
-                elif dseg.state[di] != S.memory:
+                if dseg.state[di] != S.memory:
                     missing += 1
                     if dseg.state[di] == S.released:
                         stack.append(d)
             li = np.asarray([i])
-            if failed >= 0:  # it reads a result that failed since: it fails too
-                self._transition(seg, li, S.erred)
-                self._spread_error(seg, li, failed, li)
-            elif missing:
+            if missing:
                 seg.waiting[i] = missing
                 self._transition(seg, li, S.waiting)
             else:
                 self._transition(seg, li, S.ready)
             self._recount_dependents(seg, i)
+        self._fail_readers_of_errors(np.asarray(todo, dtype=np.int64))
+
+    def _fail_readers_of_errors(self, gids: np.ndarray) -> None:
+        """Tasks ``gids`` were made again, but some read a result that failed meanwhile:
+        those fail at once (with their dependents), and every graph wanting them is told."""
+        for seg, local in self._split(gids):
+            local = local[seg.state[local] == S.waiting]
+            deps, counts = csr_gather(seg.dep_ptr, seg.dep_idx, local)
+            bad = self._states(deps) == S.erred
+            if not bad.any():
+                continue
+            rows = np.repeat(np.arange(len(local)), counts)
+            hit = unique(local[rows[bad]])
+            self._spread_error(seg, hit, int(deps[np.flatnonzero(bad)[0]]))
 
     def _recount_dependents(self, seg: Segment, i: int) -> None:
         """Dependents of a task that is no longer in memory and have not run: count again."""
@@ -444,8 +459,8 @@ class SchedulerState:
             ext = seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)] \
                 if n and len(seg.outputs) else _EMPTY
             ext = unique(np.concatenate([ext, ext_out]))
-            for g in ext[self._states(ext) == S.released].tolist():
-                self._recompute(g)  # a result freed before this graph came: make it again
+            # results freed before this graph came: make them again
+            self._recompute(ext[self._states(ext) == S.released])
         if not len(ext_out) and (not len(seg.outputs) or not n):
             # nothing asked for: the answer is complete now (the client will release it)
             self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
@@ -536,11 +551,10 @@ class SchedulerState:
         cause = int(seg.dep_idx[np.flatnonzero(bad)[0]])
         self._spread_error(seg, unique(owners[bad]), cause)
 
-    def _spread_error(self, seg: Segment, start: np.ndarray, cause: int,
-                      failed: np.ndarray = _EMPTY) -> None:
+    def _spread_error(self, seg: Segment, start: np.ndarray, cause: int) -> None:
         """Tasks ``start`` of ``seg`` read the failed result ``cause``: they and everything
         that depends on them fail (running ones are cancelled), and the graphs that want
-        them are told. ``failed``: tasks of ``start`` already moved to erred."""
+        them are told."""
         key, blob, text = self._failure_of(cause)
         hit: list[tuple[Segment, np.ndarray]] = []
         for s, erred in self._dependents_closure(seg, start):
@@ -551,7 +565,7 @@ class SchedulerState:
                 self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
                                              ids=proc[s.worker[proc] == w] + s.base))
             self._transition(s, new, S.erred)
-            hit.append((s, np.union1d(new, failed) if s is seg else new))
+            hit.append((s, new))
         for s, erred in hit:
             self._tell_erred(s, erred, cause, key, blob, text)
 
@@ -782,8 +796,7 @@ class SchedulerState:
             gone = local[dseg.state[local] == S.memory]
             if len(gone):
                 self._transition(dseg, gone, S.released)
-                for t in gone.tolist():
-                    self._recompute(dseg.base + t)  # and sends the task back to waiting
+                self._recompute(gone + dseg.base)  # and sends the task back to waiting
 
     # --- clients -----------------------------------------------------------------------------
 
