@@ -178,8 +178,10 @@ def quiet_audit(client: Client, timeout: float = 30.0) -> dict[str, Any]:
 
 
 def leftovers(audit: dict[str, Any]) -> int:
-    """Results workers hold plus tasks the scheduler keeps (0 when nothing is left)."""
-    return int(audit["tasks"]) + sum(int(w["held"]) for w in audit["workers"].values())
+    """Results workers hold, plus tasks and index entries the scheduler keeps (0 when
+    nothing is left)."""
+    return int(audit["tasks"]) + sum(int(w["held"]) for w in audit["workers"].values()) \
+        + sum(int(v) for v in audit.get("bookkeeping", {}).values())
 
 
 SCENARIOS: list[tuple[str, list[str], dict[str, bool]]] = [

@@ -36,6 +36,7 @@ from scheduler.graph.keys import Key
 from scheduler.graph.layers import LayerGraph, Reduction, blockwise
 from scheduler.graph.lowgraph import TaskGraph
 from scheduler.graph.task import IndexSlot, Ref, Task
+from tests.concurrency import leftovers, quiet_audit
 
 pytestmark = pytest.mark.cluster
 
@@ -581,6 +582,7 @@ def test_a_key_defined_by_a_live_graph_of_another_client_is_shared(
         assert run.result(TIMEOUT)["dup-shared"] == shared
         wait_released(b)
         assert b.compute(graph_b, ["dup-shared"], timeout=TIMEOUT) == {"dup-shared": 101}
+        assert leftovers(quiet_audit(b)) == 0
 
 
 def test_a_regular_block_overlapping_a_live_key_shares_it(
@@ -600,5 +602,6 @@ def test_a_regular_block_overlapping_a_live_key_shares_it(
             assert got == {("dup-reg", i): 5 if i == 5 else i + 1 for i in range(10)}
         finally:
             assert run.result(TIMEOUT) == {("dup-reg", 5): 5}
+        assert leftovers(quiet_audit(b)) == 0
 
 

@@ -124,7 +124,7 @@ def test_many_clients_with_overlapping_and_disjoint_graphs_in_any_order() -> Non
     rng = random.Random(7)
     plan = [("elementwise", "e1"), ("elementwise", "e2"), ("reduction", "r1"),
             ("chain", "c1"), ("elementwise", "e3"), ("reduction", "r2")]
-    built = {name: build(name, 2000) for name in {n for n, _ in plan}}
+    built = {name: build(name, 1000) for name in {n for n, _ in plan}}
     sim = Sim(workers=3, nthreads=2)
     submitted: list[str] = []
     for name, client in plan:

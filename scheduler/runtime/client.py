@@ -512,8 +512,9 @@ class Client:
         """What the cluster holds: the scheduler's live ``tasks``, ``graphs`` and ``results``
         (held by workers, as it knows them), and per worker name the results it ``held``,
         how many of them the scheduler ``tracked`` there, and ``untracked`` ones: results no
-        graph of any client wants or needs. Right after results land a few may still be on
-        their way to the scheduler; on a quiet cluster ``untracked`` is 0."""
+        graph of any client wants or needs; and ``bookkeeping``, the sizes of the scheduler's
+        indexes beside its graphs (all 0 when none is live). Right after results land a few
+        may still be on their way to the scheduler; on a quiet cluster ``untracked`` is 0."""
         return self._sync(self._ask("audit"), self.timeout).fields
 
     def wait_for_workers(self, n: int, timeout: float = 60.0) -> None:

@@ -451,7 +451,8 @@ class SchedulerServer:
     async def _audit(self) -> dict[str, Any]:
         """What the scheduler tracks against what each worker holds: per worker, results
         it holds (``held``), those the scheduler knows there (``tracked``), and those it holds
-        that no graph of any client wants or needs (``untracked``: a leak once quiet)."""
+        that no graph of any client wants or needs (``untracked``: a leak once quiet); and
+        the sizes of the scheduler's indexes beside its graphs (``bookkeeping``)."""
         waits: dict[int, asyncio.Future[Any]] = {}
         for w in list(self.workers.values()):
             req = next(self._stim)
@@ -472,7 +473,8 @@ class SchedulerServer:
             workers[w.name] = {"held": len(held), "tracked": len(tracked),
                                "untracked": int((~np.isin(held, tracked)).sum())}
         return {"tasks": self.state.n_tasks, "graphs": len(self.state.segments),
-                "results": self.state.n_results, "workers": workers}
+                "results": self.state.n_results, "workers": workers,
+                "bookkeeping": {**self.state.bookkeeping(), "functions": len(self.functions)}}
 
     async def _collect_spans(self, drain: bool) -> tuple[list[list[Any]], dict[str, int]]:
         """Spans of the scheduler and its workers, and each one's peak resident bytes since

@@ -180,6 +180,12 @@ class SchedulerState:
         """Results held by workers, as far as the scheduler knows."""
         return sum(int((s.state == S.memory).sum()) for s in self.segments.values())
 
+    def bookkeeping(self) -> dict[str, int]:
+        """Sizes of the indexes kept beside the segments (all 0 when no graph is live)."""
+        return {"names": len(self._names), "cross": len(self._cross),
+                "watch": len(self._watch), "failures": len(self._failures),
+                "queued": len(self._queue)}
+
     def results_on(self, worker: int) -> np.ndarray:
         """Global ids of the results the scheduler knows worker ``worker`` holds."""
         parts = [np.flatnonzero((s.state == S.memory) & (s.worker == worker)) + s.base
