@@ -64,7 +64,7 @@ def assert_empty(sim: Sim) -> None:
     assert state._by_base == [] and state._bases == []
     assert state._by_graph == {}
     assert state._names == {}
-    assert state._cross == {} and state._watch == {}
+    assert state._cross == {} and state._watch == {} and state._copies == {}
     assert not state._queue
     assert state.pending_placement == 0
     assert all(o == 0 for o in state.occupancy)

@@ -15,7 +15,7 @@ import pytest
 from harness.workloads import build
 from scheduler.graph.lowgraph import TaskGraph
 from scheduler.graph.task import Ref, Task
-from scheduler.state.events import ReleaseData, SendTasks
+from scheduler.state.events import ReleaseData, SendTasks, TasksFinishedEvent
 from scheduler.state.segment import TaskState
 from tests.statesim import Sim
 from tests.test_scheduler_state import assert_empty
@@ -275,4 +275,23 @@ def test_random_stories_of_clients_sharing_keys(seed: int) -> None:
         assert log.done or log.erred, (client, gid)
     for client, gid in live:
         sim.release(client, gid)
+    assert_empty(sim)
+
+
+def test_a_stale_copy_of_a_result_held_elsewhere_is_freed_with_it() -> None:
+    """Worker 1 holds ``a``; worker 0 reports it finished too (it ran a copy that was
+    cancelled too late). The copy is kept for now (tasks sent to worker 0 may read it) and
+    freed when ``a`` is: then both workers are told to free it."""
+    sim = Sim(workers=2)
+    sim.submit(graph({"a": Task(inc, 1)}), ["a"])
+    a = sim.gid("a")
+    w = sim.where("a")
+    other = 1 - w
+    sim.finish(w)
+    sim.workers[other].held.add(a)
+    assert sim.handle(TasksFinishedEvent(stimulus_id="late", worker=other,
+                                         ids=np.asarray([a], dtype=np.int64))) == []
+    out = sim.release()
+    assert sorted((i.worker, i.ids.tolist()) for i in out if isinstance(i, ReleaseData)) \
+        == sorted([(w, [a]), (other, [a])])
     assert_empty(sim)

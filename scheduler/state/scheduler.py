@@ -121,6 +121,7 @@ class SchedulerState:
         self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
         self._cross_keys: np.ndarray | None = None  # sorted keys of _cross (None: stale)
         self._watch: dict[int, list[int]] = {}  # gid -> later segments wanting it as output
+        self._copies: dict[int, set[int]] = {}  # gid in memory -> workers with a stale copy
         self._failures: dict[int, tuple[Any, bytes, str]] = {}  # failed gid -> error
         self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
             maxlen=self.config.story_length)
@@ -184,6 +185,7 @@ class SchedulerState:
         """Sizes of the indexes kept beside the segments (all 0 when no graph is live)."""
         return {"names": len(self._names), "cross": len(self._cross),
                 "watch": len(self._watch), "failures": len(self._failures),
+                "copies": len(self._copies),
                 "queued": len(self._queue)}
 
     def results_on(self, worker: int) -> np.ndarray:
@@ -302,6 +304,20 @@ class SchedulerState:
                 self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
                                              ids=local[ws == w] + seg.base))
         seg.worker[local] = -1
+        if self._copies:
+            self._release_copies(local + seg.base)
+
+    def _release_copies(self, gids: np.ndarray) -> None:
+        """Results freed: free the stale copies other workers reported of them too."""
+        keys = np.fromiter(self._copies, dtype=np.int64, count=len(self._copies))
+        by_worker: dict[int, list[int]] = {}
+        for g in keys[np.isin(keys, gids)].tolist():
+            for w in self._copies.pop(g):
+                if self.nthreads[w] > 0:
+                    by_worker.setdefault(w, []).append(g)
+        for w, ids in by_worker.items():
+            self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=w,
+                                         ids=np.asarray(ids, dtype=np.int64)))
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -322,6 +338,10 @@ class SchedulerState:
         if w >= len(self.nthreads) or self.nthreads[w] == 0:
             return
         self.nthreads[w] = 0
+        for g in [g for g, ws in self._copies.items() if w in ws]:
+            self._copies[g].discard(w)
+            if not self._copies[g]:
+                del self._copies[g]
         lost_needed: list[tuple[Segment, np.ndarray]] = []
         for seg in list(self.segments.values()):
             held = np.nonzero((seg.state == S.memory) & (seg.worker == w))[0]
@@ -666,10 +686,14 @@ class SchedulerState:
             ok = (seg.state[local] == S.processing) & (seg.worker[local] == w)
             if not ok.all():
                 # a stale report (the task was cancelled or moved away meanwhile): the
-                # worker holds a result nobody tracks, so it frees it, unless the task is
-                # in memory (there, or on another worker whose tasks may read this copy)
+                # worker holds a result nobody tracks, so it frees it; if the task is in
+                # memory elsewhere, tasks sent there may read this copy: it is freed with
+                # the result
                 bad = local[~ok]
-                stale.append(bad[seg.state[bad] != S.memory] + seg.base)
+                mem = seg.state[bad] == S.memory
+                for g in (bad[mem & (seg.worker[bad] != w)] + seg.base).tolist():
+                    self._copies.setdefault(g, set()).add(w)
+                stale.append(bad[~mem] + seg.base)
                 local = local[ok]
             if not len(local):
                 continue
@@ -903,6 +927,8 @@ class SchedulerState:
             if self.nthreads[int(w)] > 0:
                 self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
                                              ids=mem[seg.worker[mem] == w] + seg.base))
+        if self._copies:
+            self._release_copies(mem + seg.base)
         del self.segments[seg.sid]
         for g in [g for g in self._failures if seg.contains(g)]:
             del self._failures[g]
@@ -1117,6 +1143,9 @@ class SchedulerState:
                     wanted[oseg.sid][loc] += 1
             if len(seg.alias):
                 assert (seg.state[seg.alias] == S.released).all(), f"{seg}: an alias ran"
+        for g in self._copies:
+            cs = self.segment_of(g)
+            assert cs.state[g - cs.base] == S.memory, f"stale copy of task id {g} kept"
         for g, sids in self._watch.items():
             assert all(not self.segments[sid].released for sid in sids), \
                 f"task id {g} is watched by a released graph"
