@@ -19,6 +19,7 @@ process (used for the process rows and for the test that kills a client mid-comp
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +32,8 @@ import numpy as np
 
 from scheduler import Client, LocalCluster
 
-__all__ = ["JOBS", "Outcome", "leftovers", "quiet_audit", "run_clients", "slow_graph"]
+__all__ = ["JOBS", "Outcome", "kill_mid_compute", "leftovers", "quiet_audit", "run_clients",
+           "slow_graph"]
 
 TIMEOUT = 120.0
 
@@ -98,6 +100,7 @@ JOBS: dict[str, Callable[[], tuple[Callable[[Client], Any], Any]]] = {
     "reduction": _reference("reduction", 2000),
     "chain": _reference("chain", 2000),
     "shuffle": _reference("shuffle", 500),
+    "elementwise-100k": _reference("elementwise", 100_000),
     "dask-array": _dask_array(200_000, 1000, 0),
     **{f"dask-array-{i}": _dask_array(100_000 + 1000 * i, 1000, i) for i in range(1, 9)},
 }
@@ -111,7 +114,8 @@ def run_clients(address: str, jobs: list[str], *, processes: bool = False,
     the threads; or each in a client process); an outcome per job, in order."""
     if processes:
         return _run_processes(address, jobs, timeout)
-    prepared = [JOBS[j]() for j in jobs]
+    once = {j: JOBS[j]() for j in dict.fromkeys(jobs)}  # Dask's answer, once per job
+    prepared = [once[j] for j in jobs]
     outcomes: list[Outcome | None] = [None] * len(jobs)
     barrier = threading.Barrier(len(jobs))
     shared = Client(address, name="shared", timeout=60) if one_client else None
@@ -148,10 +152,17 @@ def _equal(got: Any, want: Any) -> bool:
         return bool(got == want)
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a client process: ours, with this repository importable."""
+    from tests.conftest import cluster_env
+
+    return {**os.environ, **cluster_env()}
+
+
 def _run_processes(address: str, jobs: list[str], timeout: float) -> list[Outcome]:
     procs = [subprocess.Popen([sys.executable, "-m", "tests.concurrency", "client", address, j],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=os.environ.copy()) for j in jobs]
+                              env=_child_env()) for j in jobs]
     out = []
     for j, p in zip(jobs, procs, strict=True):
         try:
@@ -164,6 +175,33 @@ def _run_processes(address: str, jobs: list[str], timeout: float) -> list[Outcom
                                                          ["no answer"])[-1][:200]
         out.append(Outcome(j, last == "CORRECT", err))
     return out
+
+
+def kill_mid_compute(address: str, auditor: Client, *, n: int = 400, delay: float = 0.02,
+                     min_held: int = 20, timeout: float = 60.0) -> int:
+    """Start a client process computing ``n`` tasks of ``delay`` s (each an output, so
+    results pile up on the workers), SIGKILL it by its PID once workers hold ``min_held``
+    results; return its exit code. Raises if it finished first or nothing piled up."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.concurrency", "client", address,
+                             f"slow:{n}:{delay}"], env=_child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            audit = auditor.audit()
+            if sum(w["held"] for w in audit["workers"].values()) >= min_held:
+                break
+            if proc.poll() is not None:
+                raise AssertionError("the client finished before it could be killed")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no results piled up within {timeout} s: {audit}")
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def quiet_audit(client: Client, timeout: float = 30.0) -> dict[str, Any]:
@@ -194,6 +232,8 @@ SCENARIOS: list[tuple[str, list[str], dict[str, bool]]] = [
     ("same Dask array", ["dask-array"] * 4, {}),
     ("one client, two threads", ["elementwise"] * 2, {"one_client": True}),
     ("same graph, processes", ["elementwise"] * 4, {"processes": True}),
+    ("same graph, 100,000 tasks", ["elementwise-100k"] * 4, {}),
+    ("same graph, one more client killed mid-compute", ["elementwise"] * 4, {"kill": True}),
 ]
 
 
@@ -201,7 +241,15 @@ def table(address: str) -> list[dict[str, Any]]:
     rows = []
     with Client(address, name="auditor", timeout=60) as auditor:
         for overlap, jobs, opts in SCENARIOS:
-            outcomes = run_clients(address, jobs, **opts)
+            killed = None
+            if opts.get("kill"):
+                killed = threading.Thread(target=kill_mid_compute, args=(address, auditor),
+                                          daemon=True)
+                killed.start()
+            outcomes = run_clients(address, jobs, **{k: v for k, v in opts.items()
+                                                     if k != "kill"})
+            if killed is not None:
+                killed.join(120)
             audit = quiet_audit(auditor)
             rows.append({"clients": len(jobs), "overlap": overlap,
                          "correct": sum(o.correct for o in outcomes),
@@ -232,7 +280,6 @@ def main(argv: list[str]) -> None:
         return
     from tests.conftest import cluster_env
 
-    os.environ.update(cluster_env())
     with LocalCluster(n_workers=2, env=cluster_env()) as cluster:
         rows = table(cluster.address)
     cols = list(rows[0])

@@ -6,10 +6,7 @@ no task on the scheduler and no result on any worker (``nothing_left_behind``).
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -18,7 +15,7 @@ import pytest
 from scheduler import Client, LocalCluster
 from scheduler.graph.lowgraph import TaskGraph
 from scheduler.graph.task import Ref, Task
-from tests.concurrency import leftovers, quiet_audit, run_clients, stamp
+from tests.concurrency import kill_mid_compute, leftovers, quiet_audit, run_clients, stamp
 from tests.conftest import cluster_env
 from tests.test_faults import Background
 
@@ -106,26 +103,7 @@ def test_a_client_killed_mid_compute_leaves_nothing_behind(cluster: LocalCluster
     scheduler forgets its graph, workers free every result, and tasks that were running
     when it died free theirs when they finish: the cluster is back to idle (checked by
     ``nothing_left_behind``), and it still computes for others."""
-    env = {**os.environ, **cluster_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.concurrency", "client",
-                             cluster.address, "slow:400:0.02"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            audit = auditor.audit()
-            if sum(w["held"] for w in audit["workers"].values()) >= 20:
-                break
-            assert proc.poll() is None, "the client finished before it could be killed"
-            assert time.monotonic() < deadline, f"no results piled up: {audit}"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_mid_compute(cluster.address, auditor) == -signal.SIGKILL
     audit = quiet_audit(auditor)
     assert leftovers(audit) == 0, audit
     assert_all_correct(run_clients(cluster.address, ["elementwise"]))
