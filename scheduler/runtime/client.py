@@ -309,18 +309,18 @@ class Client:
                       task_progress: Callable[[int, int], None] | None = None
                       ) -> tuple[str, _Pending, int]:
         assert self._comm is not None
-        out_ids = graph.ids_of(outputs)
-        order = np.argsort(out_ids, kind="stable")
         graph_id = f"{self.name}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        p = _Pending(graph, out_ids[order], [outputs[i] for i in order.tolist()],
-                     self._loop.create_future(), self._loop.create_future())
+        with self.recorder.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
+            out_ids = graph.ids_of(outputs)  # output keys as ids: part of the request's encoding
+            order = np.argsort(out_ids, kind="stable")
+            p = _Pending(graph, out_ids[order], [outputs[i] for i in order.tolist()],
+                         self._loop.create_future(), self._loop.create_future())
+            frames = encode_graph(graph, encoding)
+            sp.nbytes = sum(len(f) for f in frames)
         p.accepted.add_done_callback(_consume)
         p.finished.add_done_callback(_consume)
         p.progress, p.task_progress = progress, task_progress
         self._pending[graph_id] = p
-        with self.recorder.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
-            frames = encode_graph(graph, encoding)
-            sp.nbytes = sum(len(f) for f in frames)
         sent = now_ns()
         self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": sent + self.offset_ns,
                                       "encoding": encoding,
