@@ -2,8 +2,9 @@
 
 Rules: py-spy attaches once per configuration, after its processes started and before the
 first (warmup) run, and stops after the last run; so a profile covers the warmups and the
-repeats of that configuration. Each profiled process gives a speedscope file and a flame
-graph in ``profiles/``; samples are attributed to stages with the reference system's stage
+repeats of that configuration, all of them recorded (stage spans are what samples are
+attributed with, so a profile has no record-off repeats). Each profiled process gives a
+speedscope file and a flame graph in ``profiles/``; samples are attributed to stages with the reference system's stage
 map (or Dask's, for Dask backends). ``profile_stages.csv`` adds up every profiled process's
 samples by (stage, function); idle and import samples are reported in ``meta.json`` but not
 in that table. The attributed share is attributed / (attributed + unattributed): the part
@@ -118,4 +119,5 @@ def profile_grid(workloads: list[str], sizes: list[int], backends: list[str],
     prof = _Profiler(run_dir, role, rate)
     return run_grid(workloads, sizes, backends, options, repeats=repeats, warmups=warmups,
                     run_dir=run_dir, parameters={**(parameters or {}), "role": role,
-                                                 "rate": rate}, hooks=prof)
+                                                 "rate": rate}, hooks=prof,
+                    overhead=False)

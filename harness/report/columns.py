@@ -26,6 +26,7 @@ __all__ = [
     "RUN_KEY",
     "RUNS_COLUMNS",
     "RUNS_FILE",
+    "RUNS_OPTIONAL",
     "SCHEMA_VERSION",
     "SPANS_COLUMNS",
     "SPANS_FILE",
@@ -89,6 +90,15 @@ RUNS_COLUMNS: Mapping[str, str] = MappingProxyType({
 })
 """``runs.csv``: one row per run; ``wall_s`` is ``compute()`` to last result (required),
 ``time_to_first_task_s`` is ``compute()`` to the first task started (empty if unknown)."""
+
+RUNS_OPTIONAL: Mapping[str, str] = MappingProxyType({
+    "recorded": "bool",
+    "record_overhead": "float",
+})
+"""Columns of ``runs.csv`` that runs written before them lack; typed like the others where
+present. ``recorded``: stage recording was on in that run. ``record_overhead``: for the run's
+configuration, median wall time of its recorded runs / that of its unrecorded ones - 1
+(empty without both kinds). A table without ``recorded`` reads as all recorded."""
 
 SPANS_COLUMNS: Mapping[str, str] = MappingProxyType({
     "backend": "str",

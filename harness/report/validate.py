@@ -29,6 +29,7 @@ from harness.report.columns import (
     RUN_KEY,
     RUNS_COLUMNS,
     RUNS_FILE,
+    RUNS_OPTIONAL,
     SCHEMA_VERSION,
     SPANS_COLUMNS,
     SPANS_FILE,
@@ -125,9 +126,13 @@ def validate_table(df: pd.DataFrame, columns: Mapping[str, str], source: str) ->
     df = df.reset_index(drop=True)
     out = pd.DataFrame({name: _convert(df[name], kind, source, name)
                         for name, kind in columns.items()})
+    base = _file_of(columns)
+    optional = RUNS_OPTIONAL if base == RUNS_FILE else {}
     for extra in (c for c in df.columns if c not in columns):
-        out[extra] = df[extra].to_numpy()
-    _check_rules(out, _file_of(columns), source)
+        kind = optional.get(extra)
+        out[extra] = df[extra].to_numpy() if kind is None else \
+            _convert(df[extra], kind, source, extra).to_numpy()
+    _check_rules(out, base, source)
     return out
 
 
