@@ -461,4 +461,15 @@ def test_profile_writes_speedscope_with_samples_and_an_attribution(tmp_path) -> 
     assert (table["self_samples"] > 0).any()
     assert set(table["stage"]) & {"update_graph", "schedule", "dispatch", "execute"}
     meta = json.loads((out / "meta.json").read_text())
-    assert 0 < meta["profile"]["attributed_share"] <= 1
+    prof = meta["profile"]
+    assert 0 < prof["attributed_share"] <= 1
+    # idle and unattributed samples are rows of their own: the shares add up to every sample
+    assert table["self_samples"].sum() == prof["samples"]
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert prof["busy_samples"] + prof["idle_samples"] + prof["import_samples"] == \
+        prof["samples"]
+    assert prof["attributed_samples"] + prof["unattributed_samples"] == prof["busy_samples"]
+    assert prof["attributed_share"] == pytest.approx(
+        prof["attributed_samples"] / prof["busy_samples"])
+    report = (out / "report.md").read_text()
+    assert f"{prof['samples']:,} samples: {prof['attributed_samples']:,} attributed" in report

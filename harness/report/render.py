@@ -55,7 +55,7 @@ from harness.report.markup import (
 from harness.report.schema import Run, read_run
 
 __all__ = ["FIGURES_DIR", "HTML_FILE", "MAX_TRENDS", "MD_FILE", "combine_runs",
-           "headline_text", "render_report", "report_blocks"]
+           "headline_text", "profile_summary", "render_report", "report_blocks"]
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
@@ -288,9 +288,7 @@ def _profile_blocks(run: Run, out_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading(f"Profile: {run.name}", 3)]
     info = run.meta.get("profile")
     if info:
-        blocks.append(Para(
-            f"Samples attributed to a stage: {info['attributed_share']:.1%} of "
-            f"{info['samples']:,} samples ({info['errors']:,} sampling errors)."))
+        blocks.append(Para(profile_summary(info)))
     else:
         blocks.append(Para("meta.json has no profile summary (attributed share unknown)."))
     shares = T.profile_stage_shares(prof)
@@ -308,6 +306,28 @@ def _profile_blocks(run: Run, out_dir: Path) -> list[Block]:
             blocks += [Para("Profile files (speedscope JSON opens at https://www.speedscope.app):"),
                        Bullets(links)]
     return blocks
+
+
+def profile_summary(info: dict[str, object]) -> str:
+    """The profile's summary line from ``meta.json``'s ``profile``: attributed / busy / idle
+    (runs profiled before those counts were kept give the attributed share of busy only)."""
+    samples, errors = int(info["samples"]), int(info["errors"])  # type: ignore[call-overload]
+    share = float(info["attributed_share"])  # type: ignore[arg-type]
+    if "busy_samples" not in info:
+        return (f"{share:.1%} of the busy samples attributed to a stage; {samples:,} samples "
+                f"({errors:,} sampling errors).")
+    busy, idle = int(info["busy_samples"]), int(info["idle_samples"])  # type: ignore[call-overload]
+    attributed = int(info["attributed_samples"])  # type: ignore[call-overload]
+    imports = int(info.get("import_samples") or 0)  # type: ignore[call-overload]
+
+    def of_all(n: int) -> str:
+        return f"{n / samples:.1%}" if samples else "0.0%"
+
+    return (f"{samples:,} samples: {attributed:,} attributed to a stage ({share:.1%} of the "
+            f"{busy:,} busy ones, {busy - attributed:,} unattributed), {idle:,} idle "
+            f"({of_all(idle)} of all)" + (f", {imports:,} importing" if imports else "") +
+            f"; {errors:,} sampling errors. The shares below are of all samples and add up "
+            f"to 100 %.")
 
 
 def _timeline_jobs(spans: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:

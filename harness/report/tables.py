@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from harness.report.schema import RUN_KEY, STAGE_NAMES
+from harness.report.schema import PROFILE_CATEGORIES, RUN_KEY, STAGE_NAMES
 from harness.report.stats import fit_exponent
 
 __all__ = [
@@ -380,11 +380,20 @@ def scaling_table(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile_stage_shares(profile_stages: pd.DataFrame) -> pd.DataFrame:
-    """Self samples and share of all samples per stage (``unattributed`` last)."""
+    """Self samples and share of all samples per stage, then ``idle``, ``import`` and
+    ``unattributed`` as rows of their own (those with samples): over a whole profile the
+    shares add up to 1."""
     out = profile_stages.groupby("stage", sort=False).agg(
         self_samples=("self_samples", "sum"), share=("share", "sum"),
         functions=("function", "nunique")).reset_index()
-    return sort_rows(out, ["stage"])
+    return _by_category(out)
+
+
+def _by_category(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` sorted stably by its ``stage`` column in ``PROFILE_CATEGORIES`` order."""
+    rank = {name: i for i, name in enumerate(PROFILE_CATEGORIES)}
+    return df.sort_values("stage", key=lambda c: c.map(rank).fillna(len(rank)),
+                          kind="mergesort").reset_index(drop=True)
 
 
 def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFrame:
@@ -393,8 +402,7 @@ def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFram
         raise ValueError(f"per_stage must be >= 1, got {per_stage}")
     df = profile_stages.sort_values(["self_samples", "function"], ascending=[False, True],
                                     kind="mergesort")
-    df = df.groupby("stage", sort=False).head(per_stage)
-    df = sort_rows(df, ["stage"])
+    df = _by_category(df.groupby("stage", sort=False).head(per_stage))
     return df[["stage", "function", "self_samples", "share"]]
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from harness.report.columns import (
     KEYS,
     META_FILE,
+    PROFILE_CATEGORIES,
     PROFILE_STAGES_COLUMNS,
     PROFILE_STAGES_FILE,
     RUN_KEY,
@@ -36,7 +37,6 @@ from harness.report.columns import (
     STAGE_NAMES,
     STAGES_COLUMNS,
     STAGES_FILE,
-    UNATTRIBUTED,
     RunFolderError,
 )
 
@@ -73,7 +73,7 @@ def _convert(col: pd.Series, kind: str, source: str, name: str) -> pd.Series:
                         "Every row needs a value there; fix the writer of this file")
         if kind == "str":
             return text.astype(object)
-        allowed = STAGE_NAMES + ((UNATTRIBUTED,) if kind == "pstage" else ())
+        allowed = PROFILE_CATEGORIES if kind == "pstage" else STAGE_NAMES
         bad = ~text.isin(allowed)
         if bad.any():
             names = sorted(set(text[bad]))
