@@ -61,8 +61,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--backend", action="append", choices=list(BACKENDS),
                    help="backend (repeatable; the first is the reference of comparisons; "
                         "default: reference)")
-    p.add_argument("-r", "--repeats", type=int, default=3, help="measured runs per "
-                   "configuration (default 3)")
+    p.add_argument("-r", "--repeats", type=int, default=5, help="measured runs per "
+                   "configuration, each with stage recording on and again off (default 5, "
+                   "the fewest at which compare can decide)")
     p.add_argument("--warmups", type=int, default=1, help="runs dropped before measuring "
                    "(default 1)")
     p.add_argument("--workers", type=int, default=2, help="workers (default 2)")
@@ -253,12 +254,18 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     render_report([run_dir], run_dir, store=store)
     if args.json:
         from harness.report.schema import read_run
+        from harness.report.tables import recorded_runs, run_summary, speed_runs
 
         stored = read_run(run_dir)  # rows exactly as stages.csv holds them
+        summary = run_summary(stored.runs)[["backend", "workload", "n_tasks", "repeats",
+                                            "wall_s_median", "recorded_repeats",
+                                            "wall_recorded_s_median", "record_overhead"]]
         doc = {"run_dir": str(run_dir),
                "rows": _records(stored.stages),
-               "time_to_first_task_s": _median(runs, "time_to_first_task_s"),
-               "wall_s": _median(runs, "wall_s"),
+               "time_to_first_task_s": _median(recorded_runs(stored.runs),
+                                               "time_to_first_task_s"),
+               "wall_s": _median(speed_runs(stored.runs), "wall_s"),
+               "record_overhead": _records(summary),
                "runs": json.loads(runs.to_json(orient="records"))}
         print(json.dumps(doc))
     else:

@@ -487,13 +487,21 @@ class Client:
         client's clock. ``drain`` forgets them everywhere."""
         return self.collect(drain)[0]
 
-    def collect(self, drain: bool = True) -> tuple[list[SpanRow], dict[str, int]]:
+    def collect(self, drain: bool = True, record: bool | None = None
+                ) -> tuple[list[SpanRow], dict[str, int]]:
         """``spans(drain)``, and the peak resident bytes of the scheduler and of each worker
         (by role: ``scheduler``, ``worker-0``, ...) since the previous drain; ``drain``
         starts a new period everywhere. A worker that did not answer within 10 s is missing
-        from both."""
-        msg = self._sync(self._ask("spans", {"drain": drain}), self.timeout)
+        from both. ``record``, if given, turns span recording on or off from now on, in
+        this client, the scheduler and the workers that answered (between two runs: a run
+        under way would be recorded in part)."""
+        fields: dict[str, Any] = {"drain": drain}
+        if record is not None:
+            fields["record"] = bool(record)
+        msg = self._sync(self._ask("spans", fields), self.timeout)
         rows = self.recorder.drain() if drain else list(self.recorder._rows)
+        if record is not None:
+            self.recorder.enabled = bool(record)
         off = self.offset_ns
         for r in msg["rows"]:
             rows.append(SpanRow(int(r[0]), str(r[1]), int(r[2]) - off, int(r[3]) - off,

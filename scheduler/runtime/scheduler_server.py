@@ -276,7 +276,10 @@ class SchedulerServer:
                         stimulus_id=self._sid("release"), client=cid,
                         graph_id=str(msg["graph_id"]))))
                 elif msg.op == "spans":
-                    rows, rss = await self._collect_spans(bool(msg.fields.get("drain", True)))
+                    record = msg.fields.get("record")
+                    rows, rss = await self._collect_spans(
+                        bool(msg.fields.get("drain", True)),
+                        None if record is None else bool(record))
                     comm.post_msg("spans", {"rows": rows, "rss": rss})
                 elif msg.op == "info":
                     comm.post_msg("info", self.info())
@@ -437,11 +440,15 @@ class SchedulerServer:
             with contextlib.suppress(CommClosedError):
                 comm.post_msg(op, fields, arrays, blobs)
 
-    async def _collect_spans(self, drain: bool) -> tuple[list[list[Any]], dict[str, int]]:
+    async def _collect_spans(self, drain: bool, record: bool | None = None
+                             ) -> tuple[list[list[Any]], dict[str, int]]:
         """Spans of the scheduler and its workers, and each one's peak resident bytes since
-        the last drain (``drain`` starts a new period everywhere)."""
+        the last drain (``drain`` starts a new period everywhere); ``record``, if given,
+        turns recording on or off everywhere from then on."""
         rows: list[list[Any]] = [list(r) for r in (self.recorder.drain() if drain
                                                   else list(self.recorder._rows))]
+        if record is not None:
+            self.recorder.enabled = record
         rss = {"scheduler": peak_rss(reset=drain)}
         waits = []
         for w in list(self.workers.values()):
@@ -449,7 +456,10 @@ class SchedulerServer:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._span_waiters[req] = fut
             with contextlib.suppress(CommClosedError):
-                w.comm.post_msg("spans", {"request": req, "drain": drain})
+                ask: dict[str, Any] = {"request": req, "drain": drain}
+                if record is not None:
+                    ask["record"] = record
+                w.comm.post_msg("spans", ask)
             waits.append(fut)
         if waits:
             done, _ = await asyncio.wait(waits, timeout=10)

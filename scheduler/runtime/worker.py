@@ -264,6 +264,8 @@ class WorkerServer:
         elif op == "spans":
             drain = bool(msg.fields.get("drain", True))
             rows = self.recorder.drain() if drain else list(self.recorder._rows)
+            if msg.fields.get("record") is not None:
+                self.recorder.enabled = bool(msg.fields["record"])
             shifted = [[r[0], r[1], r[2] + self.offset_ns, r[3] + self.offset_ns, *r[4:]]
                        for r in rows]
             assert self._scheduler is not None
