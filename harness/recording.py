@@ -98,6 +98,10 @@ class Recording:
     spans: pd.DataFrame = field(default_factory=pd.DataFrame)
     graphs: list[dict[str, Any]] = field(default_factory=list)
     """Dask's ``update-graph`` metrics of each graph submitted, in order."""
+    activities: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Dask's own split of the execute seconds: ``role``, ``metric`` (``execute``,
+    ``gather-dep``, ``get-data``), ``activity`` (``thread-cpu``, ``executor``, ...),
+    ``seconds``; ``counted`` says whether execute includes it."""
     notes: list[str] = field(default_factory=list)
     merged: dict[str, str] = field(default_factory=lambda: dict(MERGED))
 
@@ -280,8 +284,12 @@ class Recorder:
             (self._submits[-1][1] if self._submits else t0)
         ids = set(state["ids"]) if state else set()
         after = self.client.run(worker_seconds)
+        split: list[dict[str, Any]] = []
         for addr in sorted(after, key=lambda a: self._roles.get(a, a)):
-            busy = _busy(after[addr], self._before.get(addr, {}), ids)
+            parts = _split(after[addr], self._before.get(addr, {}), ids)
+            split += [{"role": self._roles.get(addr, addr), "metric": m, "activity": a,
+                       "seconds": v, "counted": c} for (m, a, c), v in sorted(parts.items())]
+            busy = sum(v for (_, _, counted), v in parts.items() if counted)
             if busy > 0:
                 begin = first if first is not None else t0
                 spans.append(SpanRow(int(Stage.execute), self._roles.get(addr, addr), begin,
@@ -298,6 +306,8 @@ class Recorder:
         row["time_to_first_task_s"] = None if first is None else (first - t0) / 1e9
         rec.runs = pd.DataFrame([row], columns=list(RUNS_COLUMNS))
         rec.spans = pd.DataFrame(span_rows(meas, key), columns=list(SPANS_COLUMNS))
+        rec.activities = pd.DataFrame(split, columns=["role", "metric", "activity", "seconds",
+                                                      "counted"])
 
 
 def _padded(sends: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -311,14 +321,19 @@ def _nbytes(serialized: Any) -> int:
                if isinstance(f, bytes | bytearray | memoryview))
 
 
-def _busy(after: dict[Any, float], before: dict[Any, float], span_ids: set[str]) -> float:
-    """Seconds a worker spent on the block's tasks (and moving data, but for waiting on the
-    network) between two readings of its metrics."""
-    total = 0.0
+def _split(after: dict[Any, float], before: dict[Any, float], span_ids: set[str]
+           ) -> dict[tuple[str, str, bool], float]:
+    """Seconds a worker spent, between two readings of its metrics, per (metric, activity,
+    counted in execute): the block's tasks (by span), and moving data (every transfer: Dask
+    keeps no span for it), waiting on the network not counted."""
+    out: dict[tuple[str, str, bool], float] = {}
     for k, v in after.items():
         if k[0] == "execute" and (len(k) < 5 or k[1] not in span_ids):
             continue
-        if k[0] != "execute" and "network" in k:
+        delta = v - before.get(k, 0.0)
+        if delta <= 0:
             continue
-        total += v - before.get(k, 0.0)
-    return max(total, 0.0)
+        activity = str(k[-2])
+        key = (str(k[0]), activity, k[0] == "execute" or activity != "network")
+        out[key] = out.get(key, 0.0) + delta
+    return out

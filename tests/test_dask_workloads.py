@@ -19,7 +19,12 @@ from harness.backends.base import RunOptions
 from harness.backends.dask_backends import SyncBackend
 from harness.backends.reference import ReferenceBackend
 from harness.dask_work import optimized_graph
-from harness.dask_workloads import DASK_WORKLOADS, KEYS_PER_PARTITION, frame_partition
+from harness.dask_workloads import (
+    DASK_WORKLOADS,
+    KEYS_PER_PARTITION,
+    frame_partition,
+    workload_at,
+)
 from harness.workloads import Workload, build
 
 SIZE = 150
@@ -112,18 +117,6 @@ def test_merge_is_the_inner_join_pandas_gives(workloads: dict[str, Workload]) ->
                                   check_dtype=False)
 
 
-def at_size(name: str, p: int) -> Workload:
-    """Workload ``name`` at size parameter ``p`` (not sized by task count)."""
-    from harness.dask_work import as_dask_work, count_tasks
-
-    spec = DASK_WORKLOADS[name]
-
-    def work() -> Any:
-        return as_dask_work(spec.make(p, SIZE), name)
-
-    return Workload(name, SIZE, spec.shape(p, SIZE), None, [], count_tasks(work()), dask=work)
-
-
 def _canonical(values: list[Any]) -> Any:
     """Dataframe partitions as one frame in a fixed order; array blocks as they are."""
     if isinstance(values[0], pd.DataFrame):
@@ -141,7 +134,8 @@ def test_the_p2p_variants_on_distributed_equal_the_tasks_variants_on_dask_sync()
         for name in P2P:
             tasks_name = "rechunk" if name == "rechunk-p2p" else name.replace("-p2p", "-tasks")
             tasks = build(tasks_name, SIZE)
-            p2p = _canonical(dist.run_once(at_size(name, tasks.params["p"])).extra["results"])
+            p2p = _canonical(dist.run_once(workload_at(name, tasks.params["p"], SIZE)).extra[
+                "results"])
             want = _canonical(SyncBackend(RunOptions(record=False)).run_once(
                 tasks).extra["results"])
             if isinstance(want, pd.DataFrame):

@@ -53,6 +53,13 @@ def test_persisted_work_is_counted_as_dask_runs_it_and_waited_for(client: Any) -
     assert got.loc[("serialize", "client"), "nbytes"] > 0
     workers = {r for s, r in got.index if s == "execute"}
     assert workers and workers <= {"worker-0", "worker-1"}
+    # execute is Dask's own split summed: the tasks' activities and moving their data
+    acts = rec.activities
+    counted = acts[acts["counted"]].groupby("role")["seconds"].sum()
+    for role in workers:
+        assert counted[role] == pytest.approx(got.loc[("execute", role), "seconds"])
+    assert "thread-cpu" in set(acts.loc[acts["metric"] == "execute", "activity"])
+    assert not acts.loc[acts["activity"] == "network", "counted"].any()
     assert np.array_equal(yp.compute(), np.full((40, 40), 2.0))
 
 
