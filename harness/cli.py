@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.exit_codes import ExitCode, StageCostParser, UsageError
 
-__all__ = ["main"]
+__all__ = ["main", "store_run"]
 
 DEFAULT_WORKLOADS = ["elementwise", "reduction"]
 DEFAULT_SIZES = [10_000, 100_000]
@@ -248,7 +248,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         folder.discard_if_empty()
         raise
     if store is not None:
-        _store_run(store, run_dir)
+        store_run(store, run_dir)
     from harness.report.render import render_report, terminal_summary
 
     render_report([run_dir], run_dir, store=store)
@@ -284,7 +284,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     return ExitCode.INCOMPLETE if meta.get("failed_cells") else ExitCode.OK
 
 
-def _store_run(store: Path, run_dir: Path) -> None:
+def store_run(store: Path, run_dir: Path) -> None:
     """Record ``run_dir`` in the store; a store that fails loses no run (the folder is
     written): say so and go on."""
     from harness.store.db import ResultsStore, StoreError
