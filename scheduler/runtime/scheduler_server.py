@@ -52,7 +52,7 @@ from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
 from .dispatch import compute_message, graph_def_message
 from .memory import peak_rss
-from .messages import Message
+from .messages import Message, pack
 
 __all__ = ["PROGRESS_INTERVAL", "SchedulerServer", "main"]
 
@@ -212,11 +212,11 @@ class SchedulerServer:
         w = _Worker(wid, comm, address, str(hello.fields.get("name", f"worker-{wid}")),
                     nthreads, time.monotonic())
         self.workers[wid] = w
-        self._welcome(comm, hello, {"worker": wid})
-        self._broadcast_peers()
-        self._apply(self.state.handle(WorkerAddedEvent(stimulus_id=self._sid("add"),
-                                                       worker=wid, nthreads=nthreads)))
-        try:
+        try:  # a worker that dies while greeted is removed like any other
+            self._welcome(comm, hello, {"worker": wid})
+            self._broadcast_peers()
+            self._apply(self.state.handle(WorkerAddedEvent(stimulus_id=self._sid("add"),
+                                                           worker=wid, nthreads=nthreads)))
             while True:
                 msg = await comm.recv()
                 w.last_seen = time.monotonic()
@@ -230,6 +230,7 @@ class SchedulerServer:
         if self.workers.get(w.wid) is not w:
             return
         del self.workers[w.wid]
+        w.comm.abort()  # nothing more is read from it: its reports are not trusted now
         for fut in self._span_waiters.values():
             if not fut.done():
                 fut.set_result([])
@@ -408,12 +409,12 @@ class SchedulerServer:
                     ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
                     if sid not in worker.introduced:
                         seg = self.state.segments[sid]
-                        sp.nbytes += worker.comm.post(
-                            graph_def_message(seg, self.functions.get(sid, b"")))
+                        sp.nbytes += self._post(worker, graph_def_message(
+                            seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
                     frames = compute_message(self.state, SendTasks(
                         stimulus_id="", worker=w, segment=sid, ids=ids))
-                    sp.nbytes += worker.comm.post(frames)
+                    sp.nbytes += self._post(worker, frames)
                     sp.messages += 1
         for w, parts in releases.items():
             self._to_worker(w, "release", {}, {"ids": np.concatenate(parts)})
@@ -429,8 +430,18 @@ class SchedulerServer:
                    arrays: dict[str, Any] | None = None) -> None:
         worker = self.workers.get(w)
         if worker is not None:
-            with contextlib.suppress(CommClosedError):
-                worker.comm.post_msg(op, fields, arrays)
+            self._post(worker, pack(op, fields, arrays))
+
+    def _post(self, worker: _Worker, frames: list[Any]) -> int:
+        """Queue a message to ``worker``; returns its size. A connection found closed means
+        the worker is gone even if its reader has not noticed yet: the message is dropped
+        and the worker removed on the next loop iteration, which hands its tasks to others.
+        Never raises, so that the instructions after this one are still carried out."""
+        try:
+            return worker.comm.post(frames)
+        except CommClosedError:
+            asyncio.get_running_loop().call_soon(self._remove_worker, worker)
+            return 0
 
     def _to_client(self, cid: str, op: str, fields: dict[str, Any],
                    arrays: dict[str, Any] | None = None,

@@ -307,10 +307,9 @@ class SchedulerState:
                 self._requeue(seg, proc)
         self.occupancy[w] = 0
         for seg, needed in lost_needed:
-            out = needed[seg.wanted[needed] > 0]
-            seg.outputs_left += len(out)
-            for t in needed.tolist():
-                self._recompute(seg.base + t)
+            seg.outputs_left += int((seg.wanted[needed] > 0).sum())
+        if lost_needed:
+            self._recompute(np.concatenate([seg.base + needed for seg, needed in lost_needed]))
 
     def _requeue(self, seg: Segment, local: np.ndarray) -> None:
         """Processing tasks that lost their worker: ready again, or waiting if a dependency
@@ -339,51 +338,48 @@ class SchedulerState:
             out[m] = seg.state[gids[m] - seg.base]
         return out
 
-    def _recompute(self, gid: int) -> None:
-        """Make a released task that is still needed run again (and, first, any of its
-        dependencies whose results are gone). Rare path: Python per task."""
-        stack = [gid]
-        while stack:
-            t = stack.pop()
-            seg = self.segment_of(t)
-            i = t - seg.base
-            if seg.state[i] != S.released:
-                continue
-            deps = seg.dep_idx[seg.dep_ptr[i]:seg.dep_ptr[i + 1]]
-            missing = 0
-            for d in deps.tolist():
-                dseg = self.segment_of(d)
-                di = d - dseg.base
-                dseg.remaining[di] += 1
-                if dseg.state[di] != S.memory:
-                    missing += 1
-                    if dseg.state[di] == S.released:
-                        stack.append(d)
-            li = np.asarray([i])
-            if missing:
-                seg.waiting[i] = missing
-                self._transition(seg, li, S.waiting)
-            else:
-                self._transition(seg, li, S.ready)
-            self._recount_dependents(seg, i)
+    def _recompute(self, gids: np.ndarray) -> None:
+        """Make released tasks ``gids`` (global ids) that are still needed run again, and
+        first, transitively, their dependencies whose results are gone; their dependents
+        that have not run count their missing dependencies again (a running one is
+        cancelled). Batched: a lost worker's 100,000 results cost array operations per
+        level of the graph, not Python per task."""
+        gids = unique(np.asarray(gids, dtype=np.int64))
+        todo = frontier = gids[self._states(gids) == S.released]
+        while len(frontier):
+            deps = unique(self._gather(frontier, dependents=False))
+            frontier = deps[self._states(deps) == S.released]
+            frontier = frontier[~np.isin(frontier, todo)]
+            todo = np.union1d(todo, frontier)
+        if not len(todo):
+            return
+        for dseg, dl in self._split(self._gather(todo, dependents=False)):
+            np.add.at(dseg.remaining, dl, 1)  # pending again: their dependencies are needed
+        for seg, local in self._split(todo):
+            missing = self._count_missing(seg, local)
+            seg.waiting[local] = missing
+            self._transition(seg, local[missing > 0], S.waiting)
+            self._transition(seg, local[missing == 0], S.ready)
+        for useg, ul in self._split(unique(self._gather(todo, dependents=True))):
+            st = useg.state[ul]
+            proc = ul[st == S.processing]
+            for w in unique(useg.worker[proc]):
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[useg.worker[proc] == w] + useg.base))
+            self._transition(useg, ul[(st == S.processing) | (st == S.ready)], S.waiting)
+            live = ul[np.isin(st, (S.waiting, S.ready, S.processing))]
+            useg.waiting[live] = self._count_missing(useg, live)
 
-    def _recount_dependents(self, seg: Segment, i: int) -> None:
-        """Dependents of a task that is no longer in memory and have not run: count again."""
-        dpts = seg.dpt_idx[seg.dpt_ptr[i]:seg.dpt_ptr[i + 1]].tolist()
-        dpts += self._cross.get(seg.base + i, [])
-        for u in dpts:
-            useg = self.segment_of(u)
-            ui = u - useg.base
-            st = useg.state[ui]
-            if st in (S.waiting, S.ready, S.processing):
-                arr = np.asarray([ui])
-                if st == S.processing:
-                    self._out.append(CancelTasks(stimulus_id=self._stimulus,
-                                                 worker=int(useg.worker[ui]), ids=arr + useg.base))
-                    self._transition(useg, arr, S.waiting)
-                elif st == S.ready:
-                    self._transition(useg, arr, S.waiting)
-                useg.waiting[ui] = int(self._count_missing(useg, arr)[0])
+    def _gather(self, gids: np.ndarray, *, dependents: bool) -> np.ndarray:
+        """Global ids of the dependencies (or dependents) of ``gids``, with repeats."""
+        parts = [_EMPTY]
+        for seg, local in self._split(gids):
+            ptr, idx = (seg.dpt_ptr, seg.dpt_idx) if dependents else (seg.dep_ptr, seg.dep_idx)
+            parts.append(csr_gather(ptr, idx, local)[0])
+        if dependents and self._cross:
+            parts.append(np.asarray([u for g in gids.tolist() for u in self._cross.get(g, ())],
+                                    dtype=np.int64))
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     # --- graphs ------------------------------------------------------------------------------
 
@@ -418,8 +414,8 @@ class SchedulerState:
         if seg.uses:
             self._inherit_errors(seg)
             ext = np.unique(seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)])
-            for g in ext[self._states(ext) == S.released].tolist():
-                self._recompute(g)  # a result freed before this graph came: make it again
+            # results freed before this graph came: make them again
+            self._recompute(ext[self._states(ext) == S.released])
         # outputs that are external keys already in memory are reported at once
         ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
         if len(ext_out):
@@ -682,8 +678,7 @@ class SchedulerState:
             gone = local[dseg.state[local] == S.memory]
             if len(gone):
                 self._transition(dseg, gone, S.released)
-                for t in gone.tolist():
-                    self._recompute(dseg.base + t)  # and sends the task back to waiting
+                self._recompute(gone + dseg.base)  # and sends the task back to waiting
 
     # --- clients -----------------------------------------------------------------------------
 
