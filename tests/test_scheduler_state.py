@@ -56,15 +56,15 @@ def graph(dsk: dict, external: tuple = ()) -> TaskGraph:
 
 
 def assert_empty(sim: Sim) -> None:
-    """The state forgot every graph: no segments, ids, names, queues or cross references,
-    and the fake workers hold and run nothing."""
+    """The state forgot every graph: no segments, ids, names, queues, cross references or
+    shared outputs, and the fake workers hold and run nothing."""
     state = sim.state
     assert state.n_tasks == 0
     assert state.segments == {}
     assert state._by_base == [] and state._bases == []
     assert state._by_graph == {}
     assert state._names == {}
-    assert state._cross == {}
+    assert state._cross == {} and state._watch == {}
     assert not state._queue
     assert state.pending_placement == 0
     assert all(o == 0 for o in state.occupancy)
@@ -377,7 +377,8 @@ def test_intermediate_results_are_released_on_the_worker_that_holds_them() -> No
 def test_releasing_a_running_graph_cancels_and_forgets_it() -> None:
     """The client releases a graph halfway: running tasks are cancelled on their workers,
     held results are dropped, and the state is empty. A report that was already on its way
-    for a cancelled task changes nothing."""
+    for a cancelled task (the worker ran it anyway) changes nothing in the state, and tells
+    that worker to free those results: nobody wants them."""
     wl = build("reduction", 200)
     sim = Sim(workers=2, nthreads=2)
     sim.submit(wl.lower(), wl.outputs)
@@ -390,9 +391,13 @@ def test_releasing_a_running_graph_cancels_and_forgets_it() -> None:
     cancelled = {i.worker: sorted(i.ids.tolist()) for i in out if isinstance(i, CancelTasks)}
     assert cancelled == {w: sorted(r) for w, r in running.items() if r}
     assert_empty(sim)
+    late_ids = running[0][:3]
+    sim.workers[0].held.update(late_ids)  # the cancel came too late: they ran
     late = TasksFinishedEvent(stimulus_id="late", worker=0,
-                              ids=np.asarray(running[0][:3], dtype=np.int64))
-    assert sim.handle(late) == []
+                              ids=np.asarray(late_ids, dtype=np.int64))
+    [rel] = sim.handle(late)
+    assert isinstance(rel, ReleaseData) and rel.worker == 0
+    assert sorted(rel.ids.tolist()) == sorted(late_ids)
     assert_empty(sim)
 
 
@@ -779,44 +784,62 @@ def test_a_graph_reading_a_freed_intermediate_is_not_left_hanging() -> None:
     assert log.rejected or log.done
 
 
-def test_a_key_defined_by_two_live_graphs_is_rejected() -> None:
-    """Client ``d`` submits a graph defining ``a``, which client ``c``'s live graph defines
-    too. ``d`` is told why; nothing of its graph is kept; ``c``'s graph completes. The same
-    client reusing a graph id is rejected too."""
+def test_a_key_defined_by_two_live_graphs_is_shared_and_the_first_wins() -> None:
+    """Client ``d`` submits a graph defining ``a`` (with another task) and ``b = inc(a)``,
+    while client ``c``'s live graph defines ``a``. Dask's rule: the key already known wins.
+    ``d``'s graph is accepted, its ``a`` never runs, its ``b`` reads ``c``'s ``a``, and both
+    clients hear about ``a``. The same client reusing a graph id is still rejected."""
     sim = Sim(workers=1)
     sim.submit(graph({"a": Task(inc, 1)}), ["a"], graph_id="g1")
-    before = sim.state.n_tasks
-    out = sim.submit(graph({"a": Task(inc, 2), "b": Task(inc, 3)}), ["b"], client="d",
-                     graph_id="g1")
-    [rej] = sim.log("d", "g1").rejected
-    assert out == [rej]
-    assert "'a'" in rej.reason and "already defined" in rej.reason
-    assert sim.state.n_tasks == before and sim.state.graph("d", "g1") is None
+    a = sim.gid("a")
+    sim.submit(graph({"a": Task(inc, 2), "b": Task(inc, Ref("a"))}), ["a", "b"],
+               client="d", graph_id="g1")
+    assert not sim.log("d", "g1").rejected
+    d_seg = sim.state.graph("d", "g1")
+    assert d_seg is not None and sim.gid("a") == a
     sim.submit(graph({"q": Task(inc, 2)}), ["q"], graph_id="g1")
     assert "already submitted" in sim.log("c", "g1").rejected[0].reason
     sim.run()
-    assert sim.log("c", "g1").done
+    assert sorted(sent_ids(sim)) == sorted([a, sim.gid("b")])  # d's own "a" never ran
+    assert set(sim.log("c", "g1").reported) == {a}
+    assert set(sim.log("d", "g1").reported) == {a, sim.gid("b")}
+    assert sim.log("c", "g1").done and sim.log("d", "g1").done
+    sim.release("c", "g1")
+    assert sim.task_state("a") == S.memory  # d still wants it
+    sim.release("d", "g1")
+    assert_empty(sim)
 
 
-def test_a_layer_clashing_with_a_live_layer_is_rejected() -> None:
-    """Two graphs lowered from layers both define block ``("x", i)``: the second is rejected
-    naming a clashing key."""
+def test_a_layer_overlapping_a_live_layer_shares_the_common_blocks() -> None:
+    """Graph 1 has block ``("x", 0..3)``, graph 2 block ``("x", 0..9)``: graph 2 runs only
+    ``("x", 4..9)`` and gets ``("x", 0)`` from graph 1."""
     sim = Sim(workers=1)
     sim.submit(LayerGraph([blockwise("x", (4,), inc, IndexSlot(0))]).lower(), [("x", 0)],
                graph_id="g1")
-    sim.submit(LayerGraph([blockwise("x", (10,), inc, IndexSlot(0))]).lower(), [("x", 5)],
-               graph_id="g2")
-    [rej] = sim.log("c", "g2").rejected
-    assert "('x', 0)" in rej.reason
+    first = set(sent_ids(sim))
+    sim.submit(LayerGraph([blockwise("x", (10,), inc, IndexSlot(0))]).lower(),
+               [("x", 0), ("x", 5)], graph_id="g2")
+    assert not sim.log("c", "g2").rejected
+    assert len(set(sent_ids(sim)) - first) == 6
+    sim.run()
+    assert set(sim.log("c", "g2").reported) == {sim.gid(("x", 0)), sim.gid(("x", 5))}
+    assert sim.log("c", "g2").done
+    sim.release("c", "g2")
+    sim.release("c", "g1")
+    assert_empty(sim)
 
 
-def test_a_layer_clashing_with_one_explicit_key_is_rejected() -> None:
-    """Graph 1 defines the single key ``("x", 5)``; graph 2 a block ``("x", 0..9)``."""
+def test_a_layer_overlapping_one_explicit_key_uses_it() -> None:
+    """Graph 1 defines the single key ``("x", 5)``; graph 2 a block ``("x", 0..9)`` asking
+    for ``("x", 5)``: it is told of graph 1's task, which ran once."""
     sim = Sim(workers=1)
     sim.submit(graph({("x", 5): Task(inc, 1)}), [("x", 5)], graph_id="g1")
+    x5 = sim.gid(("x", 5))
     sim.submit(LayerGraph([blockwise("x", (10,), inc, IndexSlot(0))]).lower(), [("x", 5)],
                graph_id="g2")
-    assert sim.log("c", "g2").rejected
+    sim.run()
+    assert set(sim.log("c", "g2").reported) == {x5}
+    assert sent_ids(sim).count(x5) == 1
 
 
 def test_losing_a_client_drops_only_its_graphs() -> None:

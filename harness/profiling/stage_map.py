@@ -57,7 +57,8 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/graph/optimize*.py``  | any                                                        | ·    | optimize |
 | ``scheduler/wire/encodings.py``   | ``encode_graph`` / ``decode_graph``                        | ·    | serialize / update_graph |
 | ``scheduler/state/priority.py``   | any                                                        | ·    | update_graph |
-| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external``, ``_clashing_key`` | · | update_graph |
+| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external`` | · | update_graph |
+| ``scheduler/state/sharing.py``    | any                                                        | ·    | update_graph |
 | ``scheduler/state/scheduler*.py`` | ``schedule``, ``_schedule*``, ``_place*``, ``_enqueue*``, ``_fill_from_queue``, ``_merge_queue``, ``_assign*`` | · | schedule |
 | ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_recount*``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop`` | · | execute |
 | ``scheduler/state/worker*.py``    | ``_compute``                                               | ·    | dispatch |
@@ -151,7 +152,8 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     Rule(S.update_graph, module="scheduler/state/priority.py"),
     Rule(S.update_graph, module=_SCHED_STATE,
          function=("*graph_submitted*", "_add_segment*", "_link_external",
-                   "_notify_outputs_external", "_clashing_key")),
+                   "_notify_outputs_external")),
+    Rule(S.update_graph, module="scheduler/state/sharing.py"),
     Rule(S.schedule, module=_SCHED_STATE,
          function=("schedule", "_schedule*", "_place*", "_enqueue*", "_fill_from_queue",
                    "_merge_queue", "_assign*")),

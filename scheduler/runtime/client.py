@@ -76,6 +76,8 @@ class _Pending:
     finished: asyncio.Future[None]
     held: dict[int, int] = field(default_factory=dict)   # global id -> worker
     base: int = -1
+    order: np.ndarray | None = None  # outputs as sent -> out_ids order (None: the same)
+    out_gids: np.ndarray | None = None  # ids of out_ids on the cluster (None: base + out_ids)
     error: BaseException | None = None
     progress: Callable[[int, int], None] | None = None
     task_progress: Callable[[int, int], None] | None = None
@@ -195,7 +197,11 @@ class Client:
                     order = np.argsort(local, kind="stable")
                     local = local[order]
                     p.out_keys = [p.out_keys[i] for i in order.tolist()]
+                    p.order = order
                 p.out_ids = local
+            if "gids" in msg.arrays:  # some outputs are tasks of other graphs (shared keys)
+                gids = msg.array("gids")
+                p.out_gids = gids if p.order is None else gids[p.order]
             if not p.accepted.done():
                 p.accepted.set_result(p.base)
         elif op == "graph-rejected" and p is not None:
@@ -218,7 +224,7 @@ class Client:
                 p.finished.set_exception(_remote_error(msg))
         elif op == "peers":
             self.peers = {int(k): v for k, v in msg["peers"].items()}
-        elif op in ("spans", "info", "bye", "error"):
+        elif op in ("spans", "info", "audit", "bye", "error"):
             for i, (want, reply) in enumerate(self._replies):
                 if want == op or op == "error":
                     del self._replies[i]
@@ -314,7 +320,7 @@ class Client:
             out_ids = graph.ids_of(outputs)  # output keys as ids: part of the request's encoding
             order = np.argsort(out_ids, kind="stable")
             p = _Pending(graph, out_ids[order], [outputs[i] for i in order.tolist()],
-                         self._loop.create_future(), self._loop.create_future())
+                         self._loop.create_future(), self._loop.create_future(), order=order)
             frames = encode_graph(graph, encoding)
             sp.nbytes = sum(len(f) for f in frames)
         p.accepted.add_done_callback(_consume)
@@ -349,7 +355,7 @@ class Client:
                 self._release(graph_id)
 
     async def _gather_pending(self, p: _Pending) -> dict[Key, Any]:
-        want = (p.out_ids + p.base).tolist()
+        want = (p.out_ids + p.base if p.out_gids is None else p.out_gids).tolist()
         got: dict[int, Any] = {}
         deadline = time.monotonic() + 600
         with self.recorder.span(Stage.execute, tasks=len(want)) as sp:
@@ -376,9 +382,7 @@ class Client:
                         if g not in got:
                             p.held.pop(g, None)
                     await asyncio.sleep(0.05)
-        pos = np.searchsorted(p.out_ids, np.asarray(want) - p.base)
-        keys = p.out_keys
-        return {keys[i]: got[g] for i, g in zip(pos.tolist(), want, strict=True)}
+        return {k: got[g] for k, g in zip(p.out_keys, want, strict=True)}
 
     async def _fetch(self, worker: int, ids: list[int]) -> tuple[dict[int, Any], int]:
         address = self.peers.get(worker)
@@ -511,6 +515,14 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         return self._sync(self._ask("info"), self.timeout).fields
+
+    def audit(self) -> dict[str, Any]:
+        """What the cluster holds: the scheduler's live ``tasks``, ``graphs`` and ``results``
+        (held by workers, as it knows them), and per worker name the results it ``held``,
+        how many of them the scheduler ``tracked`` there, and ``untracked`` ones: results no
+        graph of any client wants or needs. Right after results land a few may still be on
+        their way to the scheduler; on a quiet cluster ``untracked`` is 0."""
+        return self._sync(self._ask("audit"), self.timeout).fields
 
     def wait_for_workers(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -154,12 +154,13 @@ class SchedulerServer:
                 if seg is None or cid not in self.clients:
                     del self._watched[sid]
                     continue
-                done = min(seg.finished, seg.n)
+                total = seg.n - len(seg.alias)  # tasks shared with older graphs run there
+                done = min(seg.finished, total)
                 if done != told:
                     self._to_client(cid, "progress", {"graph_id": graph_id, "done": done,
-                                                      "total": seg.n})
+                                                      "total": total})
                     self._watched[sid] = (cid, graph_id, done)
-                if done == seg.n:
+                if done == total:
                     del self._watched[sid]
 
     # --- connections ---------------------------------------------------------------------------
@@ -258,6 +259,10 @@ class SchedulerServer:
             fut = self._span_waiters.pop(int(msg["request"]), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg.fields)
+        elif op == "held":
+            fut = self._span_waiters.pop(int(msg["request"]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.array("ids"))
         elif op == "heartbeat":
             pass
         else:
@@ -284,6 +289,8 @@ class SchedulerServer:
                     comm.post_msg("spans", {"rows": rows, "rss": rss})
                 elif msg.op == "info":
                     comm.post_msg("info", self.info())
+                elif msg.op == "audit":
+                    comm.post_msg("audit", await self._audit())
                 elif msg.op == "shutdown":
                     comm.post_msg("bye")
                     await comm.flush()
@@ -332,9 +339,13 @@ class SchedulerServer:
                 self.functions[seg.sid] = wire.functions
                 # when the scheduler chose the output ids (layers), the client learns them
                 # (ids within the graph, in the order of the output layers' keys)
-                arrays = {"outputs": outputs} if wire.outputs is not None else None
+                arrays = {"outputs": outputs} if wire.outputs is not None else {}
+                if seg.uses:
+                    # outputs may be tasks of other live graphs (keys defined there first,
+                    # or named as existing results): their real ids, in the same order
+                    arrays["gids"] = seg.resolve(np.asarray(outputs, dtype=np.int64))
                 comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": seg.base,
-                                                 "n": seg.n}, arrays)
+                                                 "n": seg.n}, arrays or None)
                 if msg.fields.get("progress"):
                     self._watched[seg.sid] = (cid, graph_id, 0)
         self._apply(ins)
@@ -450,6 +461,32 @@ class SchedulerServer:
         if comm is not None:
             with contextlib.suppress(CommClosedError):
                 comm.post_msg(op, fields, arrays, blobs)
+
+    async def _audit(self) -> dict[str, Any]:
+        """What the scheduler tracks against what each worker holds: per worker, results
+        it holds (``held``), those the scheduler knows there (``tracked``), and those it holds
+        that no graph of any client wants or needs (``untracked``: a leak once quiet)."""
+        waits: dict[int, asyncio.Future[Any]] = {}
+        for w in list(self.workers.values()):
+            req = next(self._stim)
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._span_waiters[req] = fut
+            with contextlib.suppress(CommClosedError):
+                w.comm.post_msg("held", {"request": req})
+            waits[w.wid] = fut
+        if waits:
+            await asyncio.wait(list(waits.values()), timeout=10)
+        workers: dict[str, dict[str, int]] = {}
+        for wid, fut in waits.items():
+            w = self.workers.get(wid)
+            if w is None or not fut.done() or not isinstance(fut.result(), np.ndarray):
+                continue
+            held = fut.result()
+            tracked = self.state.results_on(wid)
+            workers[w.name] = {"held": len(held), "tracked": len(tracked),
+                               "untracked": int((~np.isin(held, tracked)).sum())}
+        return {"tasks": self.state.n_tasks, "graphs": len(self.state.segments),
+                "results": self.state.n_results, "workers": workers}
 
     async def _collect_spans(self, drain: bool, record: bool | None = None
                              ) -> tuple[list[list[Any]], dict[str, int]]:

@@ -283,6 +283,11 @@ class WorkerServer:
             assert self._scheduler is not None
             self._scheduler.post_msg("spans", {"request": msg["request"], "rows": shifted,
                                                "rss": {self.name: peak_rss(reset=drain)}})
+        elif op == "held":
+            assert self._scheduler is not None
+            self._scheduler.post_msg("held", {"request": msg["request"]},
+                                     {"ids": np.fromiter(self.state.data, dtype=np.int64,
+                                                         count=len(self.state.data))})
         elif op == "close":
             return False
         return True

@@ -51,6 +51,7 @@ from .events import (
 )
 from .priority import graph_priorities
 from .segment import Segment, TaskState, csr_gather, unique, unique_counts
+from .sharing import alias_dependencies, shared_keys
 
 __all__ = ["InvalidTransition", "SchedulerConfig", "SchedulerState", "TRANSITIONS"]
 
@@ -86,6 +87,9 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (S.ready, S.erred): "_noop",
     (S.processing, S.erred): "_leave_processing",
     (S.erred, S.erred): "_noop",
+    (S.waiting, S.released): "_noop",          # nobody needs it any more (shared keys)
+    (S.ready, S.released): "_noop",
+    (S.processing, S.released): "_leave_processing",
 }
 
 _LEGAL = np.zeros((len(S), len(S)), dtype=bool)
@@ -109,6 +113,8 @@ class SchedulerState:
         self._next_base = 0
         self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks
         self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
+        self._cross_keys: np.ndarray | None = None  # sorted keys of _cross (None: stale)
+        self._watch: dict[int, list[int]] = {}  # gid -> later segments wanting it as output
         self._failures: dict[int, tuple[Any, bytes, str]] = {}  # failed gid -> error
         self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
             maxlen=self.config.story_length)
@@ -163,6 +169,17 @@ class SchedulerState:
     def n_tasks(self) -> int:
         return sum(s.n for s in self.segments.values())
 
+    @property
+    def n_results(self) -> int:
+        """Results held by workers, as far as the scheduler knows."""
+        return sum(int((s.state == S.memory).sum()) for s in self.segments.values())
+
+    def results_on(self, worker: int) -> np.ndarray:
+        """Global ids of the results the scheduler knows worker ``worker`` holds."""
+        parts = [np.flatnonzero((s.state == S.memory) & (s.worker == worker)) + s.base
+                 for s in self.segments.values()]
+        return np.concatenate(parts) if parts else _EMPTY
+
     def workers(self) -> list[int]:
         return [w for w, n in enumerate(self.nthreads) if n > 0]
 
@@ -208,7 +225,7 @@ class SchedulerState:
             seg = self.segments[sid]
             i = seg.graph.id_of(key)
             if 0 <= i < seg.n:
-                return seg.base + i
+                return int(seg.resolve(np.asarray([i]))[0])
         return -1
 
     def story(self, gid: int) -> list[str]:
@@ -307,7 +324,8 @@ class SchedulerState:
                 self._requeue(seg, proc)
         self.occupancy[w] = 0
         for seg, needed in lost_needed:
-            seg.outputs_left += int((seg.wanted[needed] > 0).sum())
+            for s_, gids in self._wanters(seg, needed):
+                s_.outputs_left += len(gids)
         if lost_needed:
             self._recompute(np.concatenate([seg.base + needed for seg, needed in lost_needed]))
 
@@ -391,65 +409,67 @@ class SchedulerState:
                                            graph_id=ev.graph_id, reason=str(e)))
             return
         n = seg.n
-        if n == 0 and len(seg.outputs):
-            self._notify_outputs_external(seg, seg.outputs)  # only results already held
-            return
-        if n == 0 or not len(seg.outputs):
+        ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
+        if n and len(seg.outputs):
+            # every dependency inside the new graph is missing; only external ones (keys
+            # of live graphs, named or shared) may be held
+            missing = np.diff(seg.dep_ptr)
+            if seg.uses:
+                ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)
+                owners = np.repeat(np.arange(n, dtype=np.int64), missing)[ext]
+                held = self._states(seg.dep_idx[ext]) == S.memory
+                missing = missing - np.bincount(owners[held], minlength=n)
+            seg.waiting[:] = missing
+            runs = missing == 0
+            if len(seg.alias):
+                runs[seg.alias] = False  # aliases never run
+            self._transition(seg, np.nonzero(missing > 0)[0], S.waiting)
+            self._transition(seg, np.nonzero(runs)[0], S.ready)
+            if seg.uses:
+                self._inherit_errors(seg)
+        if seg.uses:
+            ext = seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)] \
+                if n and len(seg.outputs) else _EMPTY
+            ext = unique(np.concatenate([ext, ext_out]))
+            # results freed before this graph came: make them again
+            self._recompute(ext[self._states(ext) == S.released])
+        if len(ext_out):
+            # outputs that are tasks of live graphs: those in memory are reported at once
+            self._notify_outputs_external(seg, ext_out)
+        elif not len(seg.outputs) or not n:
             # nothing asked for: the answer is complete now (the client will release it)
             self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
                                           graph_id=seg.graph_id, ids=_EMPTY,
                                           workers=_EMPTY, done=True))
-            return
-        # every dependency inside the new graph is missing; only external ones may be held
-        missing = np.diff(seg.dep_ptr)
-        if seg.uses:
-            ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)
-            owners = np.repeat(np.arange(n, dtype=np.int64), missing)[ext]
-            held = self._states(seg.dep_idx[ext]) == S.memory
-            missing = missing - np.bincount(owners[held], minlength=n)
-        seg.waiting[:] = missing
-        ready = np.nonzero(missing == 0)[0]
-        self._transition(seg, np.nonzero(missing > 0)[0], S.waiting)
-        self._transition(seg, ready, S.ready)
-        if seg.uses:
-            self._inherit_errors(seg)
-            ext = np.unique(seg.dep_idx[(seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + n)])
-            # results freed before this graph came: make them again
-            self._recompute(ext[self._states(ext) == S.released])
-        # outputs that are external keys already in memory are reported at once
-        ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
-        if len(ext_out):
-            self._notify_outputs_external(seg, ext_out)
 
     def _add_segment(self, ev: GraphSubmittedEvent) -> Segment:
         graph = ev.graph
         if (ev.client, ev.graph_id) in self._by_graph:
             raise GraphError(f"graph id {ev.graph_id!r} was already submitted by this client")
-        clash = self._clashing_key(graph)
-        if clash is not None:
-            raise GraphError(f"key {clash!r} is already defined by a graph that is still "
-                             f"live; refer to it as an existing result or use new key names")
         ext_ids = np.asarray([self.find_key(k) for k in graph.external], dtype=np.int64)
         if len(ext_ids) and (ext_ids < 0).any():
             gone = [k for k, i in zip(graph.external, ext_ids.tolist(), strict=True) if i < 0]
             raise GraphError(f"the graph uses results that the cluster does not hold: "
                              f"{', '.join(repr(k) for k in gone[:5])}")
+        out_ids = np.asarray(ev.outputs, dtype=np.int64)
+        if len(out_ids) and (out_ids.min() < 0 or out_ids.max() >= graph.n + len(ext_ids)):
+            raise GraphError(f"requested task ids outside the graph's 0.."
+                             f"{graph.n + len(ext_ids) - 1}")
+        alias, alias_gid = shared_keys(graph, self._live_graphs) if self._names else \
+            (_EMPTY, _EMPTY)
         base = self._next_base
         indptr, indices = graph.dependencies()
         gidx = indices + base
         if len(ext_ids):
             ext = indices >= graph.n
             gidx[ext] = ext_ids[indices[ext] - graph.n]
+        if len(alias):
+            indptr, gidx = alias_dependencies(graph.n, indptr, indices, gidx, alias, alias_gid)
         seg = Segment(self._next_sid, base, graph, ev.client, ev.graph_id, indptr, gidx)
-        out_ids = np.asarray(ev.outputs, dtype=np.int64)
-        if len(out_ids) and (out_ids.min() < 0 or out_ids.max() >= graph.n + len(ext_ids)):
-            raise GraphError(f"requested task ids outside the graph's 0.."
-                             f"{graph.n + len(ext_ids) - 1}")
-        out_g = np.where(out_ids < graph.n, out_ids + base,
-                         ext_ids[np.clip(out_ids - graph.n, 0, None)] if len(ext_ids)
-                         else out_ids + base)
-        seg.outputs = unique(out_g)
-        internal_out = seg.outputs[(seg.outputs >= base) & (seg.outputs < base + graph.n)]
+        seg.alias, seg.alias_gid, seg.ext_ids = alias, alias_gid, ext_ids
+        seg.outputs = unique(seg.resolve(out_ids))
+        mine = (seg.outputs >= base) & (seg.outputs < base + graph.n)
+        internal_out = seg.outputs[mine]
         seg.wanted[internal_out - base] += 1  # outputs are unique
         seg.outputs_left = len(internal_out)
         seg.priority = graph_priorities(graph, seg.n_dependents) + base
@@ -462,36 +482,32 @@ class SchedulerState:
         for g in graph.groups:
             for nm in g.keys.names():
                 self._names.setdefault(nm, []).append(seg.sid)
-        if len(ext_ids):
-            self._link_external(seg, indptr, indices, ext_ids)
+        if len(ext_ids) or len(alias):
+            self._link_external(seg, seg.outputs[~mine])
         return seg
 
-    def _clashing_key(self, graph: Any) -> Key | None:
-        """A key that ``graph`` defines and a live graph defines too, or None."""
-        for g in graph.groups:
-            a = g.keys
-            if not len(a):
-                continue
-            for nm in a.names():
-                for sid in self._names.get(nm, ()):
-                    other = self.segments[sid].graph
-                    for ogi in other._by_name.get(nm, ()):
-                        k = _overlap(a, other.groups[ogi].keys)
-                        if k is not None:
-                            return k
-        return None
+    def _live_graphs(self, name: Hashable) -> list[tuple[Any, Callable[[np.ndarray],
+                                                                         np.ndarray]]]:
+        return [(self.segments[sid].graph, self.segments[sid].resolve)
+                for sid in self._names.get(name, ())]
 
-    def _link_external(self, seg: Segment, indptr: np.ndarray, indices: np.ndarray,
-                       ext_ids: np.ndarray) -> None:
-        owners = np.repeat(np.arange(seg.n, dtype=np.int64), np.diff(indptr))
-        ext = indices >= seg.n
-        for src, own in zip(ext_ids[indices[ext] - seg.n].tolist(),
-                            (owners[ext] + seg.base).tolist(), strict=True):
-            self._cross.setdefault(src, []).append(own)
-            sseg = self.segment_of(src)
-            sseg.remaining[src - sseg.base] += 1
-        for sseg in {self.segment_of(int(g)).sid: self.segment_of(int(g))
-                     for g in unique(ext_ids)}.values():
+    def _link_external(self, seg: Segment, ext_out: np.ndarray) -> None:
+        """Tie a new segment to the live tasks it reads (dependencies outside its range) or
+        asks for (outputs outside its range): they count it as a dependent or a wanter, and
+        their segments cannot be dropped before it."""
+        owners = np.repeat(np.arange(seg.n, dtype=np.int64), np.diff(seg.dep_ptr))
+        ext = (seg.dep_idx < seg.base) | (seg.dep_idx >= seg.base + seg.n)
+        src = seg.dep_idx[ext]
+        for g, u in zip(src.tolist(), (owners[ext] + seg.base).tolist(), strict=True):
+            self._cross.setdefault(g, []).append(u)
+        self._cross_keys = None
+        for sseg, loc in self._split(src):
+            np.add.at(sseg.remaining, loc, 1)
+        for sseg, loc in self._split(ext_out):
+            sseg.wanted[loc] += 1  # outputs are unique
+        for g in ext_out.tolist():
+            self._watch.setdefault(g, []).append(seg.sid)
+        for sseg, _ in self._split(unique(np.concatenate([src, ext_out]))):
             sseg.refs += 1
             seg.uses.append(sseg.sid)
 
@@ -520,11 +536,47 @@ class SchedulerState:
             self._transition(s, new, S.erred)
             hit.append((s, new))
         for s, erred in hit:
-            outs = erred[s.wanted[erred] > 0]
-            s.outputs_left -= len(outs)
+            self._tell_erred(s, erred, cause, key, blob, text)
+
+    def _tell_erred(self, seg: Segment, erred: np.ndarray, cause: int, key: Any,
+                    blob: bytes, text: str) -> None:
+        """Tell ``seg``'s client that its graph failed (naming its outputs among ``erred``),
+        and every other graph that asked for one of ``erred`` as an output."""
+        told = False
+        for s, gids in self._wanters(seg, erred):
+            s.outputs_left -= len(gids)
+            told = told or s is seg
             self._out.append(KeysErred(stimulus_id=self._stimulus, client=s.client,
                                        graph_id=s.graph_id, id=cause, key=key, error=blob,
-                                       text=text, ids=outs + s.base))
+                                       text=text, ids=gids))
+        if not told:
+            self._out.append(KeysErred(stimulus_id=self._stimulus, client=seg.client,
+                                       graph_id=seg.graph_id, id=cause, key=key, error=blob,
+                                       text=text, ids=_EMPTY))
+
+    def _wanters(self, seg: Segment, local: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
+        """The graphs that asked for tasks ``local`` of ``seg`` as outputs, each with the
+        global ids it asked for: ``seg`` itself, and later graphs sharing those keys."""
+        out = local[seg.wanted[local] > 0]
+        if not len(out):
+            return []
+        gids = out + seg.base
+        if not self._watch:
+            return [(seg, gids)]  # nobody shares keys: every wanted task is seg's own output
+        if len(seg.outputs) and not seg.released:
+            pos = np.minimum(np.searchsorted(seg.outputs, gids), len(seg.outputs) - 1)
+            mine = seg.outputs[pos] == gids
+        else:
+            mine = np.zeros(len(gids), dtype=bool)
+        found = [(seg, gids[mine])] if mine.any() else []
+        by_sid: dict[int, list[int]] = {}
+        # wanted by more graphs than seg itself: the others are in _watch
+        for g in gids[seg.wanted[out] > mine].tolist():
+            for sid in self._watch.get(g, ()):
+                by_sid.setdefault(sid, []).append(g)
+        found.extend((self.segments[sid], np.asarray(gs, dtype=np.int64))
+                     for sid, gs in by_sid.items())
+        return found
 
     def _failure_of(self, gid: int) -> tuple[Any, bytes, str]:
         """(key, error blob, text) of the task whose failure made ``gid`` erred."""
@@ -547,23 +599,41 @@ class SchedulerState:
         return s.key(gid - s.base), b"", "a task this one depends on failed"
 
     def _notify_outputs_external(self, seg: Segment, gids: np.ndarray) -> None:
-        ws = np.full(len(gids), -1, dtype=np.int64)
-        for j, g in enumerate(gids.tolist()):
-            s = self.segment_of(g)
-            ws[j] = s.worker[g - s.base] if s.state[g - s.base] == S.memory else -1
-        held = ws >= 0
-        self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
-                                      graph_id=seg.graph_id, ids=gids[held],
-                                      workers=ws[held], done=seg.outputs_left == 0))
+        """A new graph's outputs that are tasks of live graphs: those in memory are
+        reported now, an erred one fails the graph, the others count as still to come."""
+        states = self._states(gids)
+        held = gids[states == S.memory]
+        seg.outputs_left += int((states != S.memory).sum())
+        bad = gids[states == S.erred]
+        if len(bad):
+            seg.outputs_left -= len(bad)
+            key, blob, text = self._failure_of(int(bad[0]))
+            self._out.append(KeysErred(stimulus_id=self._stimulus, client=seg.client,
+                                       graph_id=seg.graph_id, id=int(bad[0]), key=key,
+                                       error=blob, text=text, ids=bad))
+        if len(held) or seg.outputs_left == 0:
+            self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
+                                          graph_id=seg.graph_id, ids=held,
+                                          workers=self.holders(held).astype(np.int64),
+                                          done=seg.outputs_left == 0))
 
     # --- results -----------------------------------------------------------------------------
 
     def _tasks_finished(self, ev: TasksFinishedEvent) -> None:
         w = ev.worker
-        for seg, local in self._split(np.asarray(ev.ids, dtype=np.int64)):
+        ids = np.asarray(ev.ids, dtype=np.int64)
+        known = 0
+        stale: list[np.ndarray] = []
+        for seg, local in self._split(ids):
+            known += len(local)
             ok = (seg.state[local] == S.processing) & (seg.worker[local] == w)
             if not ok.all():
-                local = local[ok]  # stale reports (task moved away meanwhile) are dropped
+                # a stale report (the task was cancelled or moved away meanwhile): the
+                # worker holds a result nobody tracks, so it frees it, unless the task is
+                # in memory (there, or on another worker whose tasks may read this copy)
+                bad = local[~ok]
+                stale.append(bad[seg.state[bad] != S.memory] + seg.base)
+                local = local[ok]
             if not len(local):
                 continue
             self._transition(seg, local, S.memory)
@@ -571,6 +641,19 @@ class SchedulerState:
             self.occupancy[w] -= len(local)
             seg.worker[local] = w
             self._finished_bookkeeping(seg, local)
+        if known < len(ids):
+            stale.append(ids[~self._is_live(ids)])  # tasks of graphs dropped meanwhile
+        gone = np.concatenate(stale) if stale else _EMPTY
+        if len(gone) and w < len(self.nthreads) and self.nthreads[w] > 0:
+            self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=w, ids=gone))
+
+    def _is_live(self, gids: np.ndarray) -> np.ndarray:
+        """Whether each global id belongs to a live segment."""
+        if not self._by_base:
+            return np.zeros(len(gids), dtype=bool)
+        where = np.searchsorted(self._bases, gids, side="right") - 1
+        ends = np.asarray([s.base + s.n for s in self._by_base], dtype=np.int64)
+        return (where >= 0) & (gids < ends[np.maximum(where, 0)])
 
     def _finished_bookkeeping(self, seg: Segment, local: np.ndarray) -> None:
         # dependents inside the segment
@@ -582,8 +665,8 @@ class SchedulerState:
             newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
             self._transition(seg, newly, S.ready)
         if self._cross:
-            for g in (local + seg.base).tolist():
-                for u in self._cross.get(g, ()):
+            for g in self._with_cross(local + seg.base):
+                for u in self._cross[g]:
                     useg = self.segment_of(u)
                     ui = u - useg.base
                     useg.waiting[ui] -= 1
@@ -597,14 +680,22 @@ class SchedulerState:
             self._release_unneeded(dseg, cand)
         # finished tasks nobody depends on and nobody wants (not culled by the client)
         self._release_unneeded(seg, local)
-        # outputs
-        out = local[seg.wanted[local] > 0]
-        if len(out):
-            seg.outputs_left -= len(out)
-            self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=seg.client,
-                                          graph_id=seg.graph_id, ids=out + seg.base,
-                                          workers=seg.worker[out].astype(np.int64),
-                                          done=seg.outputs_left == 0))
+        # outputs, to every graph that asked for them
+        for s, gids in self._wanters(seg, local):
+            s.outputs_left -= len(gids)
+            self._out.append(KeysInMemory(stimulus_id=self._stimulus, client=s.client,
+                                          graph_id=s.graph_id, ids=gids,
+                                          workers=seg.worker[gids - seg.base].astype(np.int64),
+                                          done=s.outputs_left == 0))
+
+    def _with_cross(self, gids: np.ndarray) -> list[int]:
+        """Those of ``gids`` that have dependents in later segments (numpy, not a loop)."""
+        if self._cross_keys is None:
+            self._cross_keys = np.sort(np.fromiter(self._cross, dtype=np.int64,
+                                                   count=len(self._cross)))
+        keys = self._cross_keys
+        pos = np.minimum(np.searchsorted(keys, gids), len(keys) - 1)
+        return gids[keys[pos] == gids].tolist()
 
     def _release_unneeded(self, seg: Segment, local: np.ndarray) -> None:
         free = local[(seg.remaining[local] <= 0) & (seg.wanted[local] == 0)
@@ -633,11 +724,7 @@ class SchedulerState:
             own = np.asarray([i] if s is seg else [], dtype=np.int64)
             hit_outputs.append((s, np.union1d(todo, own)))  # newly spoiled only
         for s, erred in hit_outputs:
-            outs = erred[s.wanted[erred] > 0]
-            s.outputs_left -= len(outs)
-            self._out.append(KeysErred(stimulus_id=self._stimulus, client=s.client,
-                                       graph_id=s.graph_id, id=ev.id, key=seg.key(i),
-                                       error=ev.error, text=ev.text, ids=outs + s.base))
+            self._tell_erred(s, erred, ev.id, seg.key(i), ev.error, ev.text)
 
     def _dependents_closure(self, seg: Segment,
                             start: np.ndarray) -> list[tuple[Segment, np.ndarray]]:
@@ -686,26 +773,86 @@ class SchedulerState:
         seg = self._by_graph.get((ev.client, ev.graph_id))
         if seg is None:
             return
-        seg.wanted[:] = 0
-        seg.outputs_left = 0
-        seg.released = True
+        self._unwant(seg)
         self._maybe_drop(seg)
 
     def _client_lost(self, ev: ClientLostEvent) -> None:
-        for (client, _gid), seg in list(self._by_graph.items()):
-            if client == ev.client:
-                seg.wanted[:] = 0
-                seg.outputs_left = 0
-                seg.released = True
-                seg.client = ""  # nobody to notify any more
-        for (client, _gid), seg in list(self._by_graph.items()):
-            if client == ev.client:
-                self._maybe_drop(seg)
+        mine = [seg for (client, _gid), seg in self._by_graph.items() if client == ev.client]
+        for seg in mine:
+            self._unwant(seg)
+            seg.client = ""  # nobody to notify any more
+        for seg in mine:
+            self._maybe_drop(seg)
+
+    def _unwant(self, seg: Segment) -> None:
+        """``seg``'s client wants its outputs no more: each output is wanted by one graph
+        fewer, and results that nobody wants or needs any more are freed. Tasks that other
+        graphs still want or read stay (a key is released when no client wants it)."""
+        if seg.released:
+            return
+        seg.released = True
+        seg.outputs_left = 0
+        outs = seg.outputs
+        mine = (outs >= seg.base) & (outs < seg.base + seg.n)
+        own = outs[mine] - seg.base
+        seg.wanted[own] -= 1
+        ext = outs[~mine]
+        for g in ext.tolist():
+            rest = [sid for sid in self._watch.get(g, ()) if sid != seg.sid]
+            if rest:
+                self._watch[g] = rest
+            else:
+                self._watch.pop(g, None)
+        for oseg, loc in self._split(ext):
+            oseg.wanted[loc] -= 1
+            self._release_unneeded(oseg, loc)
+            if oseg.released:
+                self._maybe_drop(oseg)
+        self._release_unneeded(seg, own)
+
+    def _forget_unneeded(self, seg: Segment) -> None:
+        """A released graph that others still use: its tasks that no graph wants, directly
+        or through what they feed, stop (cancelled if running) and go back to released, as
+        if never asked for; what they read is freed if nobody else needs it."""
+        pending = np.isin(seg.state, (S.waiting, S.ready, S.processing))
+        if not pending.any():
+            return
+        needed = seg.wanted > 0
+        if self._cross:
+            fed = np.asarray(self._with_cross(np.arange(seg.base, seg.base + seg.n)),
+                             dtype=np.int64)
+            for g in fed.tolist():
+                if any(np.isin(self._states(np.asarray(self._cross[g])),
+                               (S.waiting, S.ready, S.processing, S.erred))):
+                    needed[g - seg.base] = True
+        frontier = np.flatnonzero(needed)
+        while len(frontier):  # everything the needed tasks read, inside this graph
+            deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, frontier)
+            deps = deps[(deps >= seg.base) & (deps < seg.base + seg.n)] - seg.base
+            frontier = unique(deps[~needed[deps]])
+            needed[frontier] = True
+        drop = np.flatnonzero(pending & ~needed)
+        if not len(drop):
+            return
+        proc = drop[seg.state[drop] == S.processing]
+        for w in unique(seg.worker[proc]):
+            if self.nthreads[int(w)] > 0:
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[seg.worker[proc] == w] + seg.base))
+        self._transition(seg, drop, S.released)
+        deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, drop)  # one dependent fewer each
+        for dseg, dl in self._split(deps):
+            np.subtract.at(dseg.remaining, dl, 1)
+            self._release_unneeded(dseg, unique(dl))
 
     def _maybe_drop(self, seg: Segment) -> None:
         """Forget a graph nobody wants and no later graph uses: cancel its running tasks,
         free its results, drop its arrays."""
-        if seg.refs > 0 or seg.wanted.any() or seg.sid not in self.segments:
+        if seg.sid not in self.segments:
+            return
+        if seg.refs > 0 or seg.wanted.any():
+            if seg.released:
+                self._forget_unneeded(seg)
             return
         proc = np.nonzero(seg.state == S.processing)[0]
         for w in unique(seg.worker[proc]):
@@ -742,6 +889,7 @@ class SchedulerState:
                     self._cross[g] = rest
                 else:
                     self._cross.pop(g, None)
+            self._cross_keys = None
             ids = seg.dep_idx[ext][pending]
             for g, c in zip(*unique_counts(ids), strict=True):
                 g = int(g)
@@ -890,6 +1038,13 @@ class SchedulerState:
     def validate(self) -> None:
         """Check every invariant; raise AssertionError naming the first one broken."""
         occ = [0] * len(self.nthreads)
+        cross_pending: dict[int, int] = {}  # gid -> its pending dependents in later segments
+        if self._cross:
+            src = np.asarray([g for g, us in self._cross.items() for _ in us], dtype=np.int64)
+            users = np.asarray([u for us in self._cross.values() for u in us], dtype=np.int64)
+            pend = np.isin(self._states(users), (S.waiting, S.ready, S.processing, S.erred))
+            for g, c in zip(*unique_counts(src[pend]), strict=True):
+                cross_pending[int(g)] = int(c)
         for seg in self.segments.values():
             st = seg.state
             proc = np.nonzero(st == S.processing)[0]
@@ -912,34 +1067,28 @@ class SchedulerState:
             internal = (seg.dep_idx >= seg.base) & (seg.dep_idx < seg.base + seg.n)
             expect = np.bincount(seg.dep_idx[internal] - seg.base,
                                  weights=pending[owners[internal]], minlength=seg.n)
-            for g, us in self._cross.items():
+            for g, c in cross_pending.items():
                 if seg.contains(g):
-                    for u in us:
-                        useg = self.segment_of(u)
-                        expect[g - seg.base] += useg.state[u - useg.base] in (
-                            S.waiting, S.ready, S.processing, S.erred)
+                    expect[g - seg.base] += c
             done = np.isin(st, (S.memory, S.released))
             assert (seg.remaining[done] == expect[done]).all(), \
                 f"{seg}: remaining-dependents count is wrong"
+        wanted = {sid: np.zeros(seg.n, dtype=np.int64) for sid, seg in self.segments.items()}
+        for seg in self.segments.values():
+            if not seg.released:
+                for oseg, loc in self._split(seg.outputs):
+                    wanted[oseg.sid][loc] += 1
+            if len(seg.alias):
+                assert (seg.state[seg.alias] == S.released).all(), f"{seg}: an alias ran"
+        for g, sids in self._watch.items():
+            assert all(not self.segments[sid].released for sid in sids), \
+                f"task id {g} is watched by a released graph"
+        for sid, seg in self.segments.items():
+            assert (seg.wanted == wanted[sid]).all(), \
+                f"{seg}: wanted counts differ from the outputs of unreleased graphs"
         assert occ == [o if n else 0 for o, n in zip(self.occupancy, self.nthreads,
                                                          strict=True)], \
             f"occupancy {self.occupancy} differs from processing tasks {occ}"
-
-
-def _overlap(a: Any, b: Any) -> Key | None:
-    """A key both key blocks hold, or None."""
-    from ..graph.keys import RegularKeys
-
-    if not len(b):
-        return None
-    if isinstance(a, RegularKeys) and isinstance(b, RegularKeys):
-        # blocks of one name and rank share at least the key (name, 0, ..., 0)
-        return a.key(0) if a.name == b.name and len(a.shape) == len(b.shape) else None
-    small, big = (a, b) if not isinstance(a, RegularKeys) else (b, a)
-    for k in small.tolist():
-        if big.position(k) >= 0:
-            return k
-    return None
 
 
 def _find_client(by_graph: dict[tuple[str, str], Segment], seg: Segment) -> str:

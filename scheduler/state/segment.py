@@ -1,6 +1,8 @@
 """One submitted graph inside the scheduler state: its tasks' state as numpy arrays.
 
-Rules: a segment owns global ids ``base .. base + n - 1``. Dependencies are stored as global
+Rules: a segment owns global ids ``base .. base + n - 1``; those of its tasks that alias a
+task of an older live segment (a key defined twice: ``scheduler.state.sharing``) stay
+released and never run. Dependencies are stored as global
 ids (external keys of the graph already mapped to the ids of the segments that hold them);
 dependents as global ids of this segment only (dependents in later segments are kept by the
 state in a small dict, since graphs that share keys are rare). No I/O here.
@@ -13,6 +15,7 @@ import enum
 import numpy as np
 
 from ..graph.lowgraph import TaskGraph
+from .sharing import resolve_ids
 
 __all__ = ["Segment", "TaskState", "csr_gather", "unique", "unique_counts"]
 
@@ -64,7 +67,8 @@ class Segment:
     __slots__ = ("sid", "base", "n", "graph", "client", "graph_id", "state", "waiting",
                  "remaining", "wanted", "worker", "priority", "dep_ptr", "dep_idx",
                  "dpt_ptr", "dpt_idx", "shared", "outputs", "outputs_left", "refs",
-                 "uses", "n_dependents", "released", "finished")
+                 "uses", "n_dependents", "released", "finished", "alias", "alias_gid",
+                 "ext_ids")
 
     def __init__(self, sid: int, base: int, graph: TaskGraph, client: str, graph_id: str,
                  dep_ptr: np.ndarray, dep_idx: np.ndarray) -> None:
@@ -99,12 +103,22 @@ class Segment:
         self.uses: list[int] = []  # earlier segments whose results this one uses
         self.released = False      # its client released it (or left)
         self.finished = 0          # task completions reported (recomputations count again)
+        # tasks whose key a live graph already defined (sorted ids of this graph) and the
+        # live tasks they stand for; they never run (see ``scheduler.state.sharing``)
+        self.alias = np.zeros(0, dtype=np.int64)
+        self.alias_gid = np.zeros(0, dtype=np.int64)
+        self.ext_ids = np.zeros(0, dtype=np.int64)  # global ids of the graph's external keys
 
     def local(self, gids: np.ndarray) -> np.ndarray:
         return gids - self.base
 
     def contains(self, gid: int) -> bool:
         return self.base <= gid < self.base + self.n
+
+    def resolve(self, ids: np.ndarray) -> np.ndarray:
+        """Live global ids of this graph's task ids ``ids`` (aliases and external keys
+        mapped to the tasks they name)."""
+        return resolve_ids(self.base, self.n, ids, self.alias, self.alias_gid, self.ext_ids)
 
     def key(self, local: int) -> object:
         return self.graph.key_of(int(local))
