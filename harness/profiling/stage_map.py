@@ -60,7 +60,7 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external`` | · | update_graph |
 | ``scheduler/state/sharing.py``    | any                                                        | ·    | update_graph |
 | ``scheduler/state/scheduler*.py`` | ``schedule``, ``_schedule*``, ``_place*``, ``_enqueue*``, ``_fill_from_queue``, ``_merge_queue``, ``_assign*`` | · | schedule |
-| ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_recount*``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop`` | · | execute |
+| ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_gather``, ``_wanters``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop`` | · | execute |
 | ``scheduler/state/worker*.py``    | ``_compute``                                               | ·    | dispatch |
 | ``scheduler/state/worker*.py``    | ``_executed``, ``_fetched``, ``_drop``, ``_unuse``, ``_start_batches`` | · | execute |
 | ``scheduler/runtime/client.py``   | ``Client.get``, ``Client.run``                             | ·    | generate |
@@ -159,7 +159,7 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
                    "_merge_queue", "_assign*")),
     Rule(S.execute, module=_SCHED_STATE,
          function=("*finished*", "*erred*", "*release*", "*lost*", "_requeue*", "_recompute*",
-                   "_recount*", "_count_missing", "_dependents_closure", "_maybe_drop")),
+                   "_gather", "_wanters", "_count_missing", "_dependents_closure", "_maybe_drop")),
     # --- worker state machine
     Rule(S.dispatch, module=_WORKER_STATE, function="_compute"),
     Rule(S.execute, module=_WORKER_STATE,
