@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.exit_codes import ExitCode, StageCostParser, UsageError
 
-__all__ = ["main"]
+__all__ = ["main", "store_run"]
 
 DEFAULT_WORKLOADS = ["elementwise", "reduction"]
 DEFAULT_SIZES = [10_000, 100_000]
@@ -61,8 +61,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--backend", action="append", choices=list(BACKENDS),
                    help="backend (repeatable; the first is the reference of comparisons; "
                         "default: reference)")
-    p.add_argument("-r", "--repeats", type=int, default=3, help="measured runs per "
-                   "configuration (default 3)")
+    p.add_argument("-r", "--repeats", type=int, default=5, help="measured runs per "
+                   "configuration, each with stage recording on and again off (default 5, "
+                   "the fewest at which compare can decide)")
     p.add_argument("--warmups", type=int, default=1, help="runs dropped before measuring "
                    "(default 1)")
     p.add_argument("--workers", type=int, default=2, help="workers (default 2)")
@@ -247,18 +248,24 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         folder.discard_if_empty()
         raise
     if store is not None:
-        _store_run(store, run_dir)
+        store_run(store, run_dir)
     from harness.report.render import render_report, terminal_summary
 
     render_report([run_dir], run_dir, store=store)
     if args.json:
         from harness.report.schema import read_run
+        from harness.report.tables import recorded_runs, run_summary, speed_runs
 
         stored = read_run(run_dir)  # rows exactly as stages.csv holds them
+        summary = run_summary(stored.runs)[["backend", "workload", "n_tasks", "repeats",
+                                            "wall_s_median", "recorded_repeats",
+                                            "wall_recorded_s_median", "record_overhead"]]
         doc = {"run_dir": str(run_dir),
                "rows": _records(stored.stages),
-               "time_to_first_task_s": _median(runs, "time_to_first_task_s"),
-               "wall_s": _median(runs, "wall_s"),
+               "time_to_first_task_s": _median(recorded_runs(stored.runs),
+                                               "time_to_first_task_s"),
+               "wall_s": _median(speed_runs(stored.runs), "wall_s"),
+               "record_overhead": _records(summary),
                "runs": json.loads(runs.to_json(orient="records"))}
         print(json.dumps(doc))
     else:
@@ -277,7 +284,7 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
     return ExitCode.INCOMPLETE if meta.get("failed_cells") else ExitCode.OK
 
 
-def _store_run(store: Path, run_dir: Path) -> None:
+def store_run(store: Path, run_dir: Path) -> None:
     """Record ``run_dir`` in the store; a store that fails loses no run (the folder is
     written): say so and go on."""
     from harness.store.db import ResultsStore, StoreError

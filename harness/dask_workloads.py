@@ -44,7 +44,8 @@ import numpy as np
 from harness.dask_work import DaskWork, as_dask_work, count_tasks
 from harness.workloads import Workload
 
-__all__ = ["DASK_WORKLOADS", "DaskSpec", "build_dask", "not_applicable", "size_for"]
+__all__ = ["DASK_WORKLOADS", "DaskSpec", "build_dask", "not_applicable", "size_for",
+           "workload_at"]
 
 ROWS = 8
 """Rows per dataframe partition."""
@@ -262,13 +263,21 @@ def size_for(count: Callable[[int], int], n: int, *, max_counts: int = 6) -> tup
     return best, seen[best]
 
 
+def _work_at(name: str, p: int, n: int) -> DaskWork:
+    return as_dask_work(DASK_WORKLOADS[name].make(p, n), f"workload {name}")
+
+
 def build_dask(name: str, n: int) -> Workload:
     """Realistic workload ``name`` sized to about ``n`` tasks (the count is exact)."""
+    p, n_tasks = size_for(lambda q: count_tasks(_work_at(name, q, n)), n)
+    return workload_at(name, p, n, n_tasks)
+
+
+def workload_at(name: str, p: int, n: int, n_tasks: int | None = None) -> Workload:
+    """Realistic workload ``name`` at size parameter ``p`` (``n``: the request it stands
+    for, which may pick secondary shape choices); ``n_tasks`` is counted unless given."""
     spec = DASK_WORKLOADS[name]
-
-    def work_at(p: int) -> DaskWork:
-        return as_dask_work(spec.make(p, n), f"workload {name}")
-
-    p, n_tasks = size_for(lambda q: count_tasks(work_at(q)), n)
+    if n_tasks is None:
+        n_tasks = count_tasks(_work_at(name, p, n))
     return Workload(name, n, spec.shape(p, n), None, [], n_tasks,
-                    dask=lambda: work_at(p))
+                    dask=lambda: _work_at(name, p, n))

@@ -2,12 +2,14 @@
 
 Rules: py-spy attaches once per configuration, after its processes started and before the
 first (warmup) run, and stops after the last run; so a profile covers the warmups and the
-repeats of that configuration. Each profiled process gives a speedscope file and a flame
-graph in ``profiles/``; samples are attributed to stages with the reference system's stage
+repeats of that configuration, all of them recorded (stage spans are what samples are
+attributed with, so a profile has no record-off repeats). Each profiled process gives a
+speedscope file and a flame graph in ``profiles/``; samples are attributed to stages with the reference system's stage
 map (or Dask's, for Dask backends). ``profile_stages.csv`` adds up every profiled process's
-samples by (stage, function); idle and import samples are reported in ``meta.json`` but not
-in that table. The attributed share is attributed / (attributed + unattributed): the part
-of the busy (non-idle) samples the stage map could place.
+samples by (stage, function), with unattributed, idle and import samples as rows of their
+own, so that its shares add up to 100 % of the samples. ``meta.json``'s ``profile`` counts
+them: attributed + unattributed = busy; busy + idle + import = samples. The attributed share
+is attributed / busy: the part of the work the stage map could place.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 from harness.backends.base import Backend, RunOptions
 from harness.profiling import ProfileSession, PySpyOptions, get_stage_map
 from harness.profiling.outputs import write_profile_outputs
-from harness.report.columns import PROFILES_DIR, STAGE_NAMES, UNATTRIBUTED
+from harness.report.columns import PROFILE_CATEGORIES, PROFILES_DIR
 from harness.runner import run_grid
 
 __all__ = ["ROLES", "profile_grid", "select_pids"]
@@ -47,6 +49,14 @@ def select_pids(pids: dict[str, int], role: str) -> dict[str, int]:
         if p not in out.values():
             out[r] = p
     return out
+
+
+def _pyspy_facts(result: Any) -> dict[str, Any]:
+    """py-spy's facts about a profile, its own sample count as ``pyspy_samples``: the
+    ``samples`` of a summary are those of the profile file, which every share divides."""
+    facts = result.metadata()
+    facts["pyspy_samples"] = facts.pop("samples", None)
+    return facts
 
 
 @dataclass
@@ -77,7 +87,7 @@ class _Profiler:
             result = session.stop(check=False)
             if not result.ok:
                 self.summaries.append({"role": role, "error": "py-spy wrote no profile",
-                                       **result.metadata()})
+                                       **_pyspy_facts(result)})
                 continue
             stem = result.output.name.removesuffix(".speedscope.json")
             po = write_profile_outputs(result.output, out, stage_map=get_stage_map(stage_map),
@@ -85,24 +95,29 @@ class _Profiler:
                                        svg_name=f"{stem}-flamegraph.svg",
                                        title=f"{backend.name} {role}")
             self.tables.append(po.stages)
-            self.summaries.append({**po.summary(), **result.metadata()})
+            self.summaries.append({**_pyspy_facts(result), **po.summary()})
         self.sessions = []
 
     def extra(self) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         if not self.tables:
             return None, {"profile": None, "notes_profile": self.summaries}
         table = pd.concat(self.tables, ignore_index=True)
-        table = table[table["stage"].isin([*STAGE_NAMES, UNATTRIBUTED])]
+        table = table[table["stage"].isin(PROFILE_CATEGORIES)]
         table = table.groupby(["stage", "function"], as_index=False)["self_samples"].sum()
-        samples = sum(int(s.get("samples") or 0) for s in self.summaries)
-        errors = sum(int(s.get("errors") or 0) for s in self.summaries)
-        attributed = sum(int(s.get("attributed_samples") or 0) for s in self.summaries)
-        unattributed = sum(int(s.get("unattributed_samples") or 0) for s in self.summaries)
-        total = sum(int(s.get("samples") or 0) for s in self.summaries) or 1
-        table["share"] = table["self_samples"] / total
+
+        def total(key: str) -> int:
+            return sum(int(s.get(key) or 0) for s in self.summaries)
+
+        samples = total("samples")
+        table["share"] = table["self_samples"] / (samples or 1)
+        attributed, unattributed = total("attributed_samples"), total("unattributed_samples")
         busy = attributed + unattributed
         meta = {"profile": {"attributed_share": attributed / busy if busy else 0.0,
-                            "samples": samples, "errors": errors},
+                            "samples": samples, "errors": total("errors"),
+                            "attributed_samples": attributed,
+                            "unattributed_samples": unattributed, "busy_samples": busy,
+                            "idle_samples": total("idle_samples"),
+                            "import_samples": total("import_samples")},
                 "profiles": self.summaries}
         return table, meta
 
@@ -118,4 +133,5 @@ def profile_grid(workloads: list[str], sizes: list[int], backends: list[str],
     prof = _Profiler(run_dir, role, rate)
     return run_grid(workloads, sizes, backends, options, repeats=repeats, warmups=warmups,
                     run_dir=run_dir, parameters={**(parameters or {}), "role": role,
-                                                 "rate": rate}, hooks=prof)
+                                                 "rate": rate}, hooks=prof,
+                    overhead=False)

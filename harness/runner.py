@@ -6,7 +6,12 @@ Rules (in the manner of pyperf):
   process (``python -m harness.child``) whose parameters are all on its command line and which
   writes its result as JSON; so no state leaks from one configuration into the next.
 - Inside a cell, ``warmups`` runs come first and are dropped (their count is recorded), then
-  ``repeats`` measured runs, each a fresh graph built, submitted and computed.
+  the measured runs, each a fresh graph built, submitted and computed: ``repeats`` with stage
+  recording on interleaved with ``repeats`` with it off (on, off, on, off, ...; numbered in
+  the order they ran, ``recorded`` says which), so that every configuration measures what
+  recording costs it (``record_overhead`` in runs.csv: median wall time on / off - 1) and wall
+  times come from runs that recorded nothing. With recording off (``--no-record``) or
+  ``Cell.overhead`` false (a profile) all repeats are of the one kind.
 - Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
   terminal, plain lines otherwise. Children send their progress to the parent as events.
 - Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
@@ -46,7 +51,7 @@ ENCODED_BACKENDS = frozenset({"reference", "reference-inproc"})
 run once whatever ``-e`` lists."""
 
 __all__ = ["ENCODED_BACKENDS", "INTERRUPT_GRACE", "Cell", "CellInterrupted", "default_run_dir",
-           "environment", "run_cell", "run_grid"]
+           "environment", "record_overhead", "run_cell", "run_grid"]
 
 INTERRUPT_GRACE = 20.0
 """Seconds a child has, after Ctrl-C, to stop its cluster and write its finished repeats."""
@@ -73,6 +78,18 @@ class Cell:
     warmups: int = 1
     label_encoding: bool = False
     source: str | None = None   # work pickled by stagecost.measure (see user_workloads)
+    overhead: bool = True       # with recording on, interleave as many record-off repeats
+
+    def modes(self) -> list[bool]:
+        """Recording on (True) or off of each measured repeat, in the order they run."""
+        if self.options.record and self.overhead:
+            return [True, False] * self.repeats
+        return [self.options.record] * self.repeats
+
+    @property
+    def runs_total(self) -> int:
+        """Warmups plus measured repeats."""
+        return self.warmups + len(self.modes())
 
     @property
     def backend_label(self) -> str:
@@ -111,13 +128,17 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
         out["backend"] = backend.describe()
         if hooks is not None:
             hooks.started(backend)
-        total = cell.warmups + cell.repeats
+        modes = cell.modes()
+        total = cell.warmups + len(modes)
         # built once: a workload is data, every run builds its graph afresh from it
         workload = build_any(cell.workload, cell.n_tasks, cell.source)
         for i in range(total):
             warm = i < cell.warmups
-            what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{cell.repeats}"
+            record = cell.options.record if warm else modes[i - cell.warmups]
+            what = "warmup" if warm else f"repeat {i - cell.warmups + 1}/{len(modes)}" + (
+                "" if record else " (recording off)")
             try:
+                backend.set_record(record)
                 events.started(what, workload.n_tasks)
                 peak_rss(reset=True)  # this process is the client: a new peak per run
                 m = backend.run_once(workload, progress=events)
@@ -135,15 +156,30 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 continue
             key = {"backend": cell.backend_label, "workload": cell.workload,
                    "n_tasks": workload.n_tasks, "repeat": i - cell.warmups}
-            if cell.options.record:  # recording off measured no stage: no stage rows at all
+            if record:  # recording off measured no stage: no stage rows at all
                 out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
-            out["runs"].append(run_row(m, key))
+            out["runs"].append({**run_row(m, key), "recorded": record})
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
         if hooks is not None:
             hooks.finished(backend)
+    overhead = record_overhead(out["runs"])
+    for row in out["runs"]:
+        row["record_overhead"] = overhead
     return out
+
+
+def record_overhead(runs: list[dict[str, Any]]) -> float | None:
+    """Median wall time of the recorded runs over that of the unrecorded ones, minus 1
+    (0.05: recording made the runs 5 % slower); None without runs of both kinds."""
+    import statistics
+
+    on = [r["wall_s"] for r in runs if r["recorded"]]
+    off = [r["wall_s"] for r in runs if not r["recorded"]]
+    if not on or not off or statistics.median(off) <= 0:
+        return None
+    return statistics.median(on) / statistics.median(off) - 1.0
 
 
 def _stop(proc: subprocess.Popen[str], grace: float) -> None:
@@ -266,12 +302,13 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
              run_dir: Path, in_process: bool = False, timeout: float | None = None,
              parameters: dict[str, Any] | None = None, render: bool = True,
              hooks: Any = None, sources: dict[str, str] | None = None,
-             ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+             overhead: bool = True) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """Run every cell, write the run folder, render its report; return (folder, stages,
     runs). Cells run in child processes unless ``in_process`` (or ``hooks``: a profiler
     needs the cells' processes, so hooks imply in-process cells). ``hooks.extra()`` may add
     ``(profile_stages DataFrame, meta additions)`` to the run folder. ``sources`` maps a
-    workload name to work pickled by ``stagecost.measure``. A cell whose workload cannot
+    workload name to work pickled by ``stagecost.measure``. ``overhead`` false runs only
+    recorded repeats (no record-off ones: see the module's rules). A cell whose workload cannot
     run on its backend (Dask's p2p shuffle off distributed) is not run: the report says
     why, and it does not count as failed."""
     from harness.report.schema import SCHEMA_VERSION, write_tables
@@ -295,7 +332,7 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
     sources = sources or {}
     cells = [Cell(w, n, b, replace(options, encoding=e), repeats, warmups,
                   label_encoding=len(encodings) > 1 and b in ENCODED_BACKENDS,
-                  source=sources.get(w))
+                  source=sources.get(w), overhead=overhead)
              for w in workloads for n in sizes for b in backends
              for e in (encodings if b in ENCODED_BACKENDS else encodings[:1])]
     skipped: list[dict[str, str]] = []
@@ -312,8 +349,7 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
             f"{s['cell']}: {s['reason']}" for s in skipped))
     failed: list[dict[str, str]] = []
     interrupted: dict[str, Any] | None = None
-    progress = GridProgress([CellPlan(c.label(), c.warmups + c.repeats, c.n_tasks)
-                             for c in cells])
+    progress = GridProgress([CellPlan(c.label(), c.runs_total, c.n_tasks) for c in cells])
     try:
         for i, cell in enumerate(cells):
             n, b = cell.n_tasks, cell.backend_label
@@ -338,7 +374,7 @@ def run_grid(workloads: list[str], sizes: list[int], backends: list[str],
                 interrupted = {"cell": cell.label(), "repeats_kept": done,
                                "not_run": [c.label() for c in cells[i + 1:]]}
                 notes.append(f"{b}: interrupted (Ctrl-C) during {cell.workload} n={n:,}: "
-                             f"{done} of {cell.repeats} repeats kept; "
+                             f"{done} of {len(cell.modes())} repeats kept; "
                              f"{len(cells) - i - 1} configuration(s) not run")
             stages += res.get("stages", [])
             spans += res.get("spans", [])

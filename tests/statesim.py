@@ -3,8 +3,12 @@
 Rules:
 
 - Every event goes through ``Sim.handle``, one at a time, which calls ``state.validate()``
-  after it and then applies the instructions to the fake workers. So a story that drives the
-  scheduler through ``Sim`` checks the scheduler's invariants at every step.
+  after it, applies the instructions to the fake workers, and then checks that the two views
+  agree: the tasks the scheduler holds as processing on each worker are exactly the ones
+  that worker runs (``check_processing``), and the results it places on a worker are ones
+  that worker holds. So a story that drives the scheduler through ``Sim`` checks the
+  scheduler's invariants at every step. (``tests/clustersim.py`` does the same with real
+  worker state machines and messages that take time.)
 - Fake workers do not run anything. A ``SendTasks`` puts ids on a worker's ``running`` list;
   the test decides which worker finishes which of them, when, and in what batches
   (``finish``, ``fail``, ``run``). Finished ids become ``held`` data of that worker.
@@ -49,11 +53,53 @@ from scheduler.state.events import (
 from scheduler.state.scheduler import SchedulerConfig, SchedulerState
 from scheduler.state.segment import TaskState, csr_gather
 
-__all__ = ["ClientLog", "FakeWorker", "ProtocolError", "Sim"]
+__all__ = ["ClientLog", "FakeWorker", "ProtocolError", "Sim", "check_processing",
+           "processing_by_worker"]
 
 
 class ProtocolError(AssertionError):
     """The scheduler emitted an instruction that a real worker or client could not honour."""
+
+
+def processing_by_worker(state: SchedulerState) -> dict[int, set[int]]:
+    """The scheduler's view: global ids of the tasks processing on each worker."""
+    return _by_worker(state, TaskState.processing)
+
+
+def results_by_worker(state: SchedulerState) -> dict[int, set[int]]:
+    """The scheduler's view: global ids of the results each worker holds."""
+    return _by_worker(state, TaskState.memory)
+
+
+def _by_worker(state: SchedulerState, which: TaskState) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for seg in state.segments.values():
+        sel = np.nonzero(seg.state == which)[0]
+        for w in np.unique(seg.worker[sel]).tolist():
+            out.setdefault(int(w), set()).update((sel[seg.worker[sel] == w] + seg.base).tolist())
+    return out
+
+
+def check_processing(state: SchedulerState, running: dict[int, set[int]],
+                     held: dict[int, set[int]] | None = None) -> None:
+    """Assert that the scheduler's processing set on each worker equals what that worker
+    runs (``running``: worker -> ids), and, with ``held``, that every result it places on a
+    worker is one that worker holds. A task processing on a worker that does not run it
+    would never finish: the graph would hang."""
+    procs = processing_by_worker(state)
+    for w in sorted(set(procs) | set(running)):
+        mine, theirs = procs.get(w, set()), running.get(w, set())
+        if mine != theirs:
+            raise ProtocolError(
+                f"worker {w}: the scheduler holds {sorted(mine - theirs)[:10]} as processing "
+                f"there, which it does not run, and it runs {sorted(theirs - mine)[:10]}, "
+                f"which the scheduler does not expect")
+    if held is not None:
+        for w, ids in results_by_worker(state).items():
+            gone = ids - held.get(w, set())
+            if gone:
+                raise ProtocolError(f"the scheduler places results {sorted(gone)[:10]} on "
+                                    f"worker {w}, which does not hold them")
 
 
 @dataclass
@@ -116,6 +162,8 @@ class Sim:
         self.history.append((event, out))
         for ins in out:
             self._apply(ins)
+        check_processing(self.state, {w: set(fw.running) for w, fw in self.workers.items()},
+                         {w: fw.held for w, fw in self.workers.items()})
         return out
 
     def add_worker(self, wid: int | None = None, nthreads: int = 1) -> int:

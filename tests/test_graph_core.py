@@ -155,6 +155,11 @@ def test_regular_keys_vectorised_positions_and_indices(shape):
     assert block.positions([("y", *([0] * len(shape)))]) is None
     assert block.positions(["x"]) is None
     assert block.positions([]) is None
+    zeros = [0] * (len(shape) - 1)
+    refused = [("x", True, *zeros), ("x", np.int64(0), *zeros), ("x", 2**70, *zeros),
+               ("x", 0.0, *zeros), (["x"], 0, *zeros), ("x", *zeros), ("x", 0, *zeros, 0)]
+    for bad in refused:  # beside a good key, each still sends the caller to the per-key path
+        assert block.positions([keys[0], bad]) is None, bad
 
 
 def test_regular_keys_key_out_of_range():

@@ -1,8 +1,8 @@
 """The ``stagecost`` command end to end: ``run`` (both reference backends, as a user runs it),
 then ``report``, ``compare`` and ``workloads`` on what it wrote, and bad input.
 
-One small run (elementwise, 2,000 tasks, 1 warmup + 2 repeats, ``reference`` and
-``reference-inproc``) is made once per module and shared; tests that change a run folder
+One small run (elementwise, 2,000 tasks, 1 warmup + 5 recorded repeats interleaved with 5
+unrecorded ones, ``reference`` and ``reference-inproc``) is made once per module and shared; tests that change a run folder
 work on a copy. Every command runs in a fresh process (``python -m harness.cli``) in its own
 session, bounded by a timeout after which that session is killed.
 """
@@ -40,6 +40,7 @@ from tests.conftest import cluster_env
 
 BACKENDS = ("reference", "reference-inproc")
 REPEATS = 5  # the fewest per side at which compare can decide (p < 0.01)
+RECORDED = range(0, 2 * REPEATS, 2)  # recorded repeats, interleaved with unrecorded ones
 N_TASKS = 2_000
 DATA_FILES = ("stages.csv", "runs.csv", "spans.csv", "meta.json")
 REPORT_FILES = ("report.html", "report.md")
@@ -115,9 +116,17 @@ def test_json_document_has_the_promised_keys(run: RunOutput) -> None:
         value = doc[key]
         assert isinstance(value, float) and value > 0, (key, value)
     runs = doc.get("runs")
-    assert isinstance(runs, list) and len(runs) == len(BACKENDS) * REPEATS
-    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS] for r in runs)
+    # each backend's recorded repeats interleaved with as many unrecorded ones
+    assert isinstance(runs, list) and len(runs) == len(BACKENDS) * REPEATS * 2
+    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "record_overhead"]
+               for r in runs)
     assert all(r["peak_rss_client_bytes"] > 0 for r in runs)
+    assert sum(r["recorded"] for r in runs) == len(runs) // 2
+    overhead = doc["record_overhead"]
+    assert isinstance(overhead, list)
+    assert sorted(o["backend"] for o in overhead) == sorted(BACKENDS)
+    assert all(o["repeats"] == REPEATS and o["recorded_repeats"] == REPEATS
+               and isinstance(o["record_overhead"], float) for o in overhead)
 
 
 def test_rows_have_exactly_the_stages_columns(run: RunOutput) -> None:
@@ -126,10 +135,10 @@ def test_rows_have_exactly_the_stages_columns(run: RunOutput) -> None:
     for row in rows:
         assert list(row) == list(STAGES_COLUMNS)
     configs = {(r["backend"], r["workload"], r["n_tasks"], r["repeat"]) for r in rows}
-    assert configs == {(b, "elementwise", N_TASKS, i) for b in BACKENDS for i in range(REPEATS)}
+    assert configs == {(b, "elementwise", N_TASKS, i) for b in BACKENDS for i in RECORDED}
 
 
-@pytest.mark.parametrize("repeat", range(REPEATS))
+@pytest.mark.parametrize("repeat", RECORDED)
 def test_reference_backend_has_all_eight_stages_measured(run: RunOutput, repeat: int) -> None:
     rows = [r for r in rows_of(run) if r["backend"] == "reference" and r["repeat"] == repeat]
     assert {r["stage"] for r in rows} == set(STAGE_NAMES)
@@ -144,7 +153,7 @@ def test_reference_backend_has_all_eight_stages_measured(run: RunOutput, repeat:
     assert {"client", "scheduler", "worker-0"} <= roles
 
 
-@pytest.mark.parametrize("repeat", range(REPEATS))
+@pytest.mark.parametrize("repeat", RECORDED)
 def test_inproc_backend_has_no_communicate_stage(run: RunOutput, repeat: int) -> None:
     rows = [r for r in rows_of(run)
             if r["backend"] == "reference-inproc" and r["repeat"] == repeat]
@@ -201,7 +210,7 @@ def test_json_rows_carry_counts_as_integers(run: RunOutput) -> None:
 
 
 def test_progress_goes_to_stderr(run: RunOutput) -> None:
-    assert "warmup" in run.stderr and f"repeat {REPEATS}/{REPEATS}" in run.stderr
+    assert "warmup" in run.stderr and f"repeat {2 * REPEATS}/{2 * REPEATS} (recording off)" in run.stderr
     assert "outputs in memory" in run.stderr
 
 
@@ -297,7 +306,7 @@ def test_read_run_validates_the_folder(run: RunOutput) -> None:
     assert list(r.stages.columns[:len(STAGES_COLUMNS)]) == list(STAGES_COLUMNS)
     assert list(r.runs.columns[:len(RUNS_COLUMNS)]) == list(RUNS_COLUMNS)
     assert list(r.spans.columns[:len(SPANS_COLUMNS)]) == list(SPANS_COLUMNS)
-    assert len(r.runs) == len(BACKENDS) * REPEATS
+    assert len(r.runs) == len(BACKENDS) * REPEATS * 2
     assert (r.runs["tasks_run"] == N_TASKS).all()
     assert (r.runs["wall_s"] > 0).all()
     assert r.meta["warmups"] == 1
@@ -452,4 +461,15 @@ def test_profile_writes_speedscope_with_samples_and_an_attribution(tmp_path) -> 
     assert (table["self_samples"] > 0).any()
     assert set(table["stage"]) & {"update_graph", "schedule", "dispatch", "execute"}
     meta = json.loads((out / "meta.json").read_text())
-    assert 0 < meta["profile"]["attributed_share"] <= 1
+    prof = meta["profile"]
+    assert 0 < prof["attributed_share"] <= 1
+    # idle and unattributed samples are rows of their own: the shares add up to every sample
+    assert table["self_samples"].sum() == prof["samples"]
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert prof["busy_samples"] + prof["idle_samples"] + prof["import_samples"] == \
+        prof["samples"]
+    assert prof["attributed_samples"] + prof["unattributed_samples"] == prof["busy_samples"]
+    assert prof["attributed_share"] == pytest.approx(
+        prof["attributed_samples"] / prof["busy_samples"])
+    report = (out / "report.md").read_text()
+    assert f"{prof['samples']:,} samples: {prof['attributed_samples']:,} attributed" in report

@@ -83,7 +83,7 @@ def test_write_then_read_round_trips_types_and_bytes(tmp_path: Path) -> None:
     assert run.stages["seconds"].dtype == np.float64
     assert run.stages["applicable"].dtype == bool
     assert str(run.stages["nbytes"].dtype) == "Int64"
-    assert run.profile_stages is not None and len(run.profile_stages) == 5
+    assert run.profile_stages is not None and len(run.profile_stages) == 6
     na = run.stages[~run.stages["applicable"]]
     assert set(na["stage"]) == {"dispatch"} and na["seconds"].isna().all()
     # Writing what was read gives the same bytes (deterministic formatting, lossless floats).
@@ -304,10 +304,25 @@ def test_backend_comparison_ratios_and_spread() -> None:
 def test_profile_tables() -> None:
     prof = synthetic_profile()
     shares = T.profile_stage_shares(prof)
-    assert list(shares["stage"]) == ["update_graph", "schedule", "execute", "unattributed"]
+    assert list(shares["stage"]) == ["update_graph", "schedule", "execute", "idle",
+                                     "unattributed"]
     assert shares["share"].sum() == pytest.approx(1.0)
     top = T.profile_top(prof, per_stage=1)
-    assert list(top["function"]) == ["build_tasks", "pick_worker", "run_task", "<idle>"]
+    assert list(top["function"]) == ["build_tasks", "pick_worker", "run_task", "select",
+                                     "helper"]
+
+
+def test_profile_summary_says_attributed_busy_and_idle() -> None:
+    from harness.report.render import profile_summary
+
+    info = {"attributed_share": 0.75, "samples": 51, "errors": 0, "attributed_samples": 30,
+            "unattributed_samples": 10, "busy_samples": 40, "idle_samples": 11,
+            "import_samples": 0}
+    text = profile_summary(info)
+    assert text.startswith("51 samples: 30 attributed to a stage (75.0% of the 40 busy "
+                           "ones, 10 unattributed), 11 idle (21.6% of all)")
+    old = profile_summary({"attributed_share": 1.0, "samples": 51, "errors": 0})
+    assert "of the busy samples" in old and "51 samples" in old
 
 
 # --------------------------------------------------------------------------------- figures

@@ -268,14 +268,18 @@ def test_a_long_batch_reports_as_it_goes_and_frees_its_thread_at_the_end() -> No
 
 def test_a_task_sent_twice_runs_once() -> None:
     """A task sent again while it is still queued here, or after its result is here, is not
-    queued or run a second time."""
+    queued or run a second time; one sent again after its result is here is reported
+    finished again (the scheduler sends it again only when it dropped the first report as
+    stale: without a new report it would wait for it forever)."""
     ws = WorkerState(nthreads=1, max_batch=1)
     [ex] = of(ws.handle(compute([1, 2])), Execute)
     assert ran_ids(ex) == [1]
     assert ws.handle(compute([2])) == []
     [ex2] = of(ws.handle(execute(ex)), Execute)
     assert ran_ids(ex2) == [2]
-    assert ws.handle(compute([1])) == []
+    again = ws.handle(compute([1]))
+    assert not of(again, Execute)
+    assert [r.ids for r in of(again, ReportFinished)] == [[1]]
     assert of(ws.handle(execute(ex2)), Execute) == []
     assert ws.idle and ws.executed == 2
 

@@ -1,7 +1,10 @@
 """The backend interface: what the runner asks of every system it measures.
 
 Rules: a backend measures one repeat at a time with ``run_once`` and returns a
-``Measurement``: the spans it recorded (times in ns on the runner's clock), the times of
+``Measurement``: with stage recording on (``record``) or off, as ``set_record`` last said
+(``options.record`` at first); a backend started with recording off keeps it off. Off means
+nothing of the recording is installed, so that the difference measures what recording costs.
+``run_once`` returns the spans it recorded (times in ns on the runner's clock), the times of
 ``compute()`` and of the last result, and how many tasks ran. It declares the stages it has
 (``applicable``); the runner reports the others as not applicable, never as zero. Where a
 backend cannot tell two stages apart it records the time under the first one and says so in
@@ -59,6 +62,20 @@ class Backend(ABC):
 
     def __init__(self, options: RunOptions) -> None:
         self.options = options
+        self.record = options.record
+
+    def set_record(self, on: bool) -> None:
+        """Record stage spans in the runs from now on, or not (between runs only). A backend
+        whose options turned recording off stays off: ``ValueError``."""
+        if on and not self.options.record:
+            raise ValueError(f"{self.name} was started with recording off")
+        if on != self.record:
+            self._switch_record(on)
+        self.record = on
+
+    def _switch_record(self, on: bool) -> None:  # noqa: B027 - optional hook
+        """Turn recording on or off where the backend's processes record it; backends that
+        read ``self.record`` at each run need nothing more."""
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Start what the runs share (a cluster); called once before the first repeat."""

@@ -246,6 +246,13 @@ class DistributedBackend(_DaskBackend):
             for addr, pid in self.client.run(os.getpid).items():
                 self._pids[self._roles.get(addr, addr)] = pid
 
+    def _switch_record(self, on: bool) -> None:
+        """Install the hooks, or remove every one of them (recording off is plain Dask)."""
+        if on:
+            self._install()
+        else:
+            self._unhook(self.client)
+
     def _install(self) -> None:
         import distributed.client as dclient
 
@@ -531,7 +538,7 @@ class _LocalBackend(_DaskBackend):
             p.restore()
 
     def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
-        record = self.options.record
+        record = self.record
         clock = _clock(record)
         with self._hooks(clock) if record else contextlib.nullcontext():
             t0 = time.perf_counter_ns()
@@ -652,7 +659,7 @@ class ProcessesBackend(_LocalBackend):
         if self.pool is None:
             raise BackendError("start() the backend (or use it as a context manager) first")
         codecs: dict[str, Any] = {}
-        if self.options.record:
+        if self.record:
             codecs = {"func_dumps": plug.TimedCodec(dmp._dumps, clock, "dispatch"),
                       "func_loads": plug.TimedCodec(dmp._loads, clock, "execute")}
         return dmp.get(dsk, keys, num_workers=self.options.workers, pool=self.pool, **codecs)

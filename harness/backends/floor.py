@@ -115,7 +115,7 @@ class FloorBackend(Backend):
         from harness.backends.reference import prepare_graph
         from scheduler.runtime.clocks import now_ns
 
-        record = self.options.record
+        record = self.record
         client = SpanRecorder("client", enabled=record)
         worker = SpanRecorder("worker-0", enabled=record)
         t0 = now_ns()

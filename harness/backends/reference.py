@@ -82,13 +82,14 @@ class ReferenceBackend(Backend):
         from scheduler.runtime.clocks import now_ns
 
         client = self.client
-        client.spans(drain=True)  # start from an empty record (and memory peak) everywhere
+        # start from an empty record (and memory peak) everywhere, recording as asked
+        client.collect(drain=True, record=self.record)
         opts = self.options
         tasks = getattr(progress, "tasks", None)
         t0 = now_ns()
         outputs, dask_spans, extra = workload.outputs, [], {}
         if workload.layers is None and workload.dask is not None:  # built with Dask's APIs
-            prep = prepare_dask(workload, opts.record)
+            prep = prepare_dask(workload, self.record)
             outputs, dask_spans = prep.outputs, prep.spans
             if opts.encoding == "layers":
                 layers, out = prep.layers(workload.name)
@@ -156,11 +157,11 @@ class InprocBackend(Backend):
         from scheduler.runtime.inproc import InProcessCluster
 
         opts = self.options
-        cluster = InProcessCluster(opts.workers, opts.threads, record=opts.record)
+        cluster = InProcessCluster(opts.workers, opts.threads, record=self.record)
         t0 = now_ns()
         dask_spans, extra = [], {}
         if workload.layers is None and workload.dask is not None:  # built with Dask's APIs
-            prep = prepare_dask(workload, opts.record)
+            prep = prepare_dask(workload, self.record)
             dask_spans = prep.spans
             if opts.encoding == "layers":
                 layers, out = prep.layers(workload.name)

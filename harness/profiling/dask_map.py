@@ -26,10 +26,10 @@ Specific rules (leaf-first; the nearest matching frame decides):
 | module                                         | function (globs)                                       | role | stage |
 |------------------------------------------------|--------------------------------------------------------|------|-------|
 | ``dask/``                                      | within ``_execute_subgraph``/``execute_graph``         | ·    | execute (fused subgraphs even run ``dask.order``) |
-| ``dask/optimization.py``, ``dask/array/optimization.py``, ``dask/dataframe/optimize*`` | any | · | optimize |
+| ``dask/optimization.py``, ``dask/array/optimization.py`` | any                    | ·    | optimize |
 | ``dask/blockwise.py``                          | ``*optimize_blockwise``, ``rewrite_blockwise``, ``fuse_roots`` | · | optimize |
 | ``dask/_task_spec.py``                         | ``fuse_linear_task_spec``, ``cull``                    | ·    | optimize |
-| ``dask/_expr.py``, ``dask/dataframe/dask_expr/``, ``dask/array/_array_expr/`` | ``*optimize*``, ``*simplify*``, ``*lower*``, ``*fuse*``, ``*combine_similar*``, ``_optimized_dsk`` | · | optimize |
+| ``dask/_expr.py``, ``dask/dataframe/dask_expr/``, ``dask/array/_array_expr/`` | ``*optimize*``, ``*simplify*``, ``*lower*``, ``*fuse*``, ``_optimized_dsk`` | · | optimize |
 | ``dask/order.py``                              | any                                                    | ·    | update_graph |
 | ``dask/local.py``                              | ``execute_task``, ``batch_execute_tasks``, ``finish_task``, ``release_data`` | · | execute |
 | ``dask/local.py``                              | ``start_state_from_dask`` / ``fire_tasks``, ``submit*`` | ·   | update_graph / dispatch |
@@ -40,11 +40,11 @@ Specific rules (leaf-first; the nearest matching frame decides):
 | ``distributed/scheduler.py``                   | ``send_task_to_worker``, ``_task_to_msg``, ``worker_send``, ``send_all`` | · | dispatch |
 | ``distributed/scheduler.py``                   | ``handle_task_*``, ``stimulus_task_*``, ``_transition_processing_*``, ``_transition_memory_*``, ``_transition_*_forgotten``, ``_transition_*_released``, ``_exit_processing_common``, ``_add_to_memory``, ``_propagate_forgotten``, ``client_releases_keys``, ``report``, ``client_send``, ``handle_*``, ``add_worker``, ``release_worker_data``, ``heartbeat_worker`` | · | execute |
 | ``distributed/stealing.py``                    | any                                                    | ·    | schedule |
-| ``distributed/protocol/``, ``msgpack/``, ``pickle.py``, ``cloudpickle/`` | ``*loads*``, ``*deserialize*``, ``*unpack*``, ``from_frames`` / any other | C | execute (results) / serialize |
+| ``distributed/protocol/``, ``msgpack/``, ``pickle.py``, ``cloudpickle/`` (and ``distributed/comm/utils.py`` for the loads) | ``*loads*``, ``*deserialize*``, ``*unpack*``, ``from_frames`` / any other | C | execute (results) / serialize |
 | ``distributed/client.py``                      | ``_graph_to_futures``, ``_send_to_scheduler``          | ·    | serialize |
 | ``distributed/client.py``                      | ``*gather*``, ``_handle_report``, ``_handle_key_in_memory``, ``result`` | · | execute (results) |
-| ``distributed/worker.py``                      | ``execute``, ``_run_task*``, ``apply_function*``, ``gather_dep``, ``get_data``, ``get_data_from_worker``, ``_handle_stimulus_from_task`` | · | execute |
-| ``distributed/worker.py``                      | ``handle_scheduler``, ``_handle_remote_stimulus``, ``handle_stimulus``, ``_handle_instructions`` | · | dispatch (merged) |
+| ``distributed/worker.py``                      | ``execute``, ``_run_task*``, ``gather_dep``, ``get_data``, ``get_data_from_worker`` | · | execute |
+| ``distributed/worker.py``                      | ``handle_scheduler``, ``_handle_remote_stimulus``, ``handle_stimulus`` | · | dispatch (merged) |
 | ``distributed/worker_state_machine.py``        | ``_handle_compute_task``, ``_ensure_task_exists``, ``_transition_released_waiting``, ``_transition_waiting_ready`` | · | dispatch |
 | ``distributed/worker_state_machine.py``        | ``_handle_execute_*``, ``_execute_done_common``, ``_transition_executing_*``, ``_transition_*_memory``, ``*gather_dep*``, ``_ensure_c*``, ``_transition_*fetch*``, ``_transition_*flight*``, ``_handle_free_keys``, ``_handle_update_data`` | · | execute |
 
@@ -104,14 +104,12 @@ _DASK_RULES: tuple[Rule, ...] = (
     # --- dask: fused subgraphs run on workers (and even call dask.order)
     Rule(S.execute, module="dask/", within=("_execute_subgraph", "execute_graph")),
     # --- dask: optimisation (it lives in modules that also generate)
-    Rule(S.optimize, module=("dask/optimization.py", "dask/array/optimization.py",
-                             "dask/dataframe/optimize*")),
+    Rule(S.optimize, module=("dask/optimization.py", "dask/array/optimization.py")),
     Rule(S.optimize, module="dask/blockwise.py",
          function=("*optimize_blockwise", "rewrite_blockwise", "fuse_roots")),
     Rule(S.optimize, module="dask/_task_spec.py", function=("fuse_linear_task_spec", "cull")),
     Rule(S.optimize, module=_DEXPR,
-         function=("*optimize*", "*simplify*", "*lower*", "*fuse*", "*combine_similar*",
-                   "_optimized_dsk"),
+         function=("*optimize*", "*simplify*", "*lower*", "*fuse*", "_optimized_dsk"),
          note="Dask runs HLG low-level optimisation on the scheduler (in _materialize_graph)"),
     Rule(S.update_graph, module="dask/order.py", note="priorities, computed on the scheduler"),
     # --- dask's in-process schedulers (dask-threads/-processes/-sync backends)
@@ -142,7 +140,8 @@ _DASK_RULES: tuple[Rule, ...] = (
                    "release_worker_data", "heartbeat_worker")),
     Rule(S.schedule, module="distributed/stealing.py"),
     # --- distributed client
-    Rule(S.execute, module=_SER, roles="client", function=_LOADS, note="results"),
+    Rule(S.execute, module=(*_SER, "distributed/comm/utils.py"), roles="client",
+         function=_LOADS, note="results"),
     Rule(S.serialize, module=_SER, roles="client"),
     Rule(S.serialize, module="distributed/client.py",
          function=("_graph_to_futures", "_send_to_scheduler")),
@@ -150,11 +149,10 @@ _DASK_RULES: tuple[Rule, ...] = (
          function=("*gather*", "_handle_report", "_handle_key_in_memory", "result")),
     # --- distributed worker
     Rule(S.execute, module=_DWORKER,
-         function=("execute", "_run_task*", "apply_function*", "gather_dep", "get_data",
-                   "_handle_stimulus_from_task", "get_data_from_worker")),
+         function=("execute", "_run_task*", "gather_dep", "get_data",
+                   "get_data_from_worker")),
     Rule(S.dispatch, module=_DWORKER,
-         function=("handle_scheduler", "_handle_remote_stimulus", "handle_stimulus",
-                   "_handle_instructions")),
+         function=("handle_scheduler", "_handle_remote_stimulus", "handle_stimulus")),
     Rule(S.dispatch, module=_DWSM,
          function=("_handle_compute_task", "_ensure_task_exists", "_transition_released_waiting",
                    "_transition_waiting_ready")),

@@ -5,7 +5,10 @@ rules in order; ``within`` = this frame or a caller; roles ``client``/``schedule
 also match ``worker-3``). Maps are immutable data: adjust them here as modules change, or
 extend one at run time with ``REFERENCE_MAP.with_rules(Rule(Stage.schedule, function="f"))``.
 Samples no rule matches are reported as ``unattributed`` with their leaf functions: that is how
-a missing rule shows up. The Dask map is in ``dask_map.py``.
+a missing rule shows up. A pattern that matches no function shows up in a test:
+``map_check.unmatched_patterns`` checks every module and function glob of both maps against
+the source of this repository, the installed Dask and the standard library, so a rename
+cannot silently move samples elsewhere. The Dask map is in ``dask_map.py``.
 
 Principles of ``REFERENCE_MAP``:
 
@@ -54,10 +57,11 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/graph/optimize*.py``  | any                                                        | ·    | optimize |
 | ``scheduler/wire/encodings.py``   | ``encode_graph`` / ``decode_graph``                        | ·    | serialize / update_graph |
 | ``scheduler/state/priority.py``   | any                                                        | ·    | update_graph |
-| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external``, ``shared_keys``, ``update_graph*``, ``_lower*`` | · | update_graph |
-| ``scheduler/state/scheduler*.py`` | ``schedule``, ``_schedule*``, ``_place*``, ``_enqueue*``, ``_fill_from_queue``, ``_merge_queue``, ``_assign*``, ``_choose_worker*``, ``*decide_worker*`` | · | schedule |
-| ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_recount*``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop``, ``*forget*`` | · | execute |
-| ``scheduler/state/worker*.py``    | ``_compute``, ``*compute_task*``                           | ·    | dispatch |
+| ``scheduler/state/scheduler*.py`` | ``*graph_submitted*``, ``_add_segment*``, ``_link_external``, ``_notify_outputs_external`` | · | update_graph |
+| ``scheduler/state/sharing.py``    | any                                                        | ·    | update_graph |
+| ``scheduler/state/scheduler*.py`` | ``schedule``, ``_schedule*``, ``_place*``, ``_enqueue*``, ``_fill_from_queue``, ``_merge_queue``, ``_assign*`` | · | schedule |
+| ``scheduler/state/scheduler*.py`` | ``*finished*``, ``*erred*``, ``*release*``, ``*lost*``, ``_requeue*``, ``_recompute*``, ``_gather``, ``_wanters``, ``_count_missing``, ``_dependents_closure``, ``_maybe_drop`` | · | execute |
+| ``scheduler/state/worker*.py``    | ``_compute``                                               | ·    | dispatch |
 | ``scheduler/state/worker*.py``    | ``_executed``, ``_fetched``, ``_drop``, ``_unuse``, ``_start_batches`` | · | execute |
 | ``scheduler/runtime/client.py``   | ``Client.get``, ``Client.run``                             | ·    | generate |
 | ``scheduler/runtime/client.py``   | ``Client._submit`` (output ids, message framing)           | ·    | serialize |
@@ -76,7 +80,7 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/graph/`` (fb)         | any                                                        | S    | update_graph (lowering on the scheduler) |
 | ``scheduler/graph/`` (fb)         | any                                                        | C, · | generate (graphs built in user code) |
 | ``scheduler/wire/`` (fb)          | any                                                        | C    | serialize |
-| ``scheduler/wire/`` (fb)          | decoding (``decode*``, ``loads*``, ``unpack*``, ``read*``, ``*Reader.*``, ``_parse*``, ``_split*``) / any other | S | update_graph / dispatch |
+| ``scheduler/wire/`` (fb)          | decoding (``decode*``, ``loads*``, ``_unpack*``, ``read*``, ``*Reader.*``, ``_parse*``, ``_split*``) / any other | S | update_graph / dispatch |
 | ``scheduler/wire/`` (fb)          | decoding / any other                                       | W    | dispatch / execute |
 | ``scheduler/wire/`` (fb)          | decoding / any other                                       | ·    | update_graph / serialize |
 | ``asyncio/``, ``socket.py``, ``ssl.py`` (fb) | ``*read*``, ``*recv*``, ``*data_received*``     | C / S / W | execute / execute / dispatch |
@@ -125,7 +129,7 @@ IMPORT_PATTERNS: tuple[FramePattern, ...] = (
 
 _GRAPH = "scheduler/graph/"
 _WIRE = "scheduler/wire/"
-_DECODE = ("decode*", "loads*", "unpack*", "read*", "*Reader.*", "_parse*", "_split*")
+_DECODE = ("decode*", "loads*", "_unpack*", "read*", "*Reader.*", "_parse*", "_split*")
 _SCHED_STATE = "scheduler/state/scheduler*.py"
 _WORKER_STATE = "scheduler/state/worker*.py"
 _CLIENT = "scheduler/runtime/client.py"
@@ -148,16 +152,16 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     Rule(S.update_graph, module="scheduler/state/priority.py"),
     Rule(S.update_graph, module=_SCHED_STATE,
          function=("*graph_submitted*", "_add_segment*", "_link_external",
-                   "_notify_outputs_external", "shared_keys", "update_graph*", "_lower*")),
+                   "_notify_outputs_external")),
+    Rule(S.update_graph, module="scheduler/state/sharing.py"),
     Rule(S.schedule, module=_SCHED_STATE,
          function=("schedule", "_schedule*", "_place*", "_enqueue*", "_fill_from_queue",
-                   "_merge_queue", "_assign*", "_choose_worker*", "*decide_worker*")),
+                   "_merge_queue", "_assign*")),
     Rule(S.execute, module=_SCHED_STATE,
          function=("*finished*", "*erred*", "*release*", "*lost*", "_requeue*", "_recompute*",
-                   "_recount*", "_count_missing", "_dependents_closure", "_maybe_drop",
-                   "*forget*")),
+                   "_gather", "_wanters", "_count_missing", "_dependents_closure", "_maybe_drop")),
     # --- worker state machine
-    Rule(S.dispatch, module=_WORKER_STATE, function=("_compute", "*compute_task*")),
+    Rule(S.dispatch, module=_WORKER_STATE, function="_compute"),
     Rule(S.execute, module=_WORKER_STATE,
          function=("_executed", "_fetched", "_drop", "_unuse", "_start_batches")),
     # --- runtime: the functions that open each stage's span

@@ -26,6 +26,7 @@ __all__ = [
     "RUN_KEY",
     "RUNS_COLUMNS",
     "RUNS_FILE",
+    "RUNS_OPTIONAL",
     "SCHEMA_VERSION",
     "SPANS_COLUMNS",
     "SPANS_FILE",
@@ -33,6 +34,9 @@ __all__ = [
     "STAGES_COLUMNS",
     "STAGES_FILE",
     "UNATTRIBUTED",
+    "IDLE",
+    "IMPORT",
+    "PROFILE_CATEGORIES",
     "RunFolderError",
 ]
 
@@ -49,7 +53,14 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in Stage)
 """The eight stage names in pipeline order (``generate`` .. ``execute``)."""
 
 UNATTRIBUTED = "unattributed"
-"""The ``stage`` of profile samples that no stage span covered (``profile_stages.csv`` only)."""
+"""The ``stage`` of busy profile samples that the stage map gives no stage
+(``profile_stages.csv`` only)."""
+IDLE = "idle"
+"""The ``stage`` of profile samples taken while the thread waited (``profile_stages.csv``)."""
+IMPORT = "import"
+"""The ``stage`` of profile samples taken while a module was imported (``profile_stages.csv``)."""
+PROFILE_CATEGORIES: tuple[str, ...] = (*STAGE_NAMES, IDLE, IMPORT, UNATTRIBUTED)
+"""Every ``stage`` of ``profile_stages.csv``, in report order: its shares add up to 1."""
 
 RUN_KEY: tuple[str, ...] = ("backend", "workload", "n_tasks", "repeat")
 """The columns that identify one measured run (one repeat of one configuration)."""
@@ -61,7 +72,7 @@ RUN_KEY: tuple[str, ...] = ("backend", "workload", "n_tasks", "repeat")
 #   float    number or empty (float64, empty -> NaN)
 #   bool     True/False (also true/false/1/0), never missing
 #   stage    one of STAGE_NAMES
-#   pstage   one of STAGE_NAMES or UNATTRIBUTED
+#   pstage   one of PROFILE_CATEGORIES (the stages, idle, import, unattributed)
 STAGES_COLUMNS: Mapping[str, str] = MappingProxyType({
     "backend": "str",
     "workload": "str",
@@ -90,6 +101,15 @@ RUNS_COLUMNS: Mapping[str, str] = MappingProxyType({
 """``runs.csv``: one row per run; ``wall_s`` is ``compute()`` to last result (required),
 ``time_to_first_task_s`` is ``compute()`` to the first task started (empty if unknown)."""
 
+RUNS_OPTIONAL: Mapping[str, str] = MappingProxyType({
+    "recorded": "bool",
+    "record_overhead": "float",
+})
+"""Columns of ``runs.csv`` that runs written before them lack; typed like the others where
+present. ``recorded``: stage recording was on in that run. ``record_overhead``: for the run's
+configuration, median wall time of its recorded runs / that of its unrecorded ones - 1
+(empty without both kinds). A table without ``recorded`` reads as all recorded."""
+
 SPANS_COLUMNS: Mapping[str, str] = MappingProxyType({
     "backend": "str",
     "workload": "str",
@@ -112,7 +132,8 @@ PROFILE_STAGES_COLUMNS: Mapping[str, str] = MappingProxyType({
     "share": "float",
 })
 """``profile_stages.csv``: py-spy self samples per (stage, function); ``share`` is the fraction
-of all samples of the profile (0..1)."""
+of all samples of the profile (0..1). Idle, import and unattributed samples are rows of their
+own, so the shares of a whole profile add up to 1."""
 
 KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     STAGES_FILE: (*RUN_KEY, "stage", "role"),

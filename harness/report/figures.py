@@ -257,7 +257,8 @@ def scaling_figure(points: pd.DataFrame, exponents: pd.DataFrame | None = None,
 
     ``points`` is ``scaling_points`` output for a single workload (filter first; ``ValueError``
     otherwise); ``exponents`` (``growth_exponents``) adds the fitted exponent to each legend
-    entry. Non-positive or missing medians are not drawn.
+    entry: that workload's, from a table that may hold several. Non-positive or missing
+    medians are not drawn.
     """
     workloads = points["workload"].unique()
     if len(workloads) != 1:
@@ -267,10 +268,12 @@ def scaling_figure(points: pd.DataFrame, exponents: pd.DataFrame | None = None,
         fig, (ax,) = _new_figure(11.0, 6.0)
     else:
         fig = _figure_of(ax)
-    exp_of: dict[tuple[str, str], float] = {}
+    # keyed by workload too: ``exponents`` may hold every workload's (the report passes all)
+    exp_of: dict[tuple[str, str, str], float] = {}
     if exponents is not None:
         for row in exponents.itertuples(index=False):
-            exp_of[(str(row.backend), str(row.stage))] = float(row.exponent)
+            exp_of[(str(row.backend), str(row.workload), str(row.stage))] = float(row.exponent)
+    workload = str(workloads[0])
     backends = list(dict.fromkeys(points["backend"]))
     drawn = 0
     for b_i, backend in enumerate(backends):
@@ -281,7 +284,8 @@ def scaling_figure(points: pd.DataFrame, exponents: pd.DataFrame | None = None,
                 continue
             label = f"{stage} [{backend}]"
             if exponents is not None:
-                label += f" n^{_exponent_text(exp_of.get((backend, stage), math.nan))}"
+                exp = exp_of.get((backend, workload, stage), math.nan)
+                label += f" n^{_exponent_text(exp)}"
             ax.plot(g["n_tasks"].astype(float), g["seconds_median"].astype(float),
                     marker="o", markersize=4, color=STAGE_COLOURS.get(stage, "k"),
                     linestyle=_LINESTYLES[b_i % len(_LINESTYLES)], label=label)
@@ -315,12 +319,19 @@ def ratio_figure(frame: pd.DataFrame, ax: Axes | None = None, title: str = "",
     ``frame`` columns: ``stage``, ``series`` (one bar per series within a stage, coloured by
     series), ``ratio``, ``ratio_min``, ``ratio_max`` (whiskers), and optionally ``mark``
     (``+ - ~ n/a``): ``+`` and ``-`` are then written beside their bar. A NaN ratio is written
-    ``n/a`` instead of a bar. (stage, series) pairs should be unique; a repeated one keeps the
-    first row.
+    ``n/a`` instead of a bar. (stage, series) pairs must be unique (``ValueError``
+    otherwise): a series that does not name everything its rows differ by (the workload, the
+    size) would draw one of them under the other's label.
     """
     need = {"stage", "series", "ratio", "ratio_min", "ratio_max"}
     if not need <= set(frame.columns):
         raise ValueError(f"ratio_figure needs columns {sorted(need)}, got {list(frame.columns)}")
+    dup = frame.duplicated(["stage", "series"])
+    if dup.any():
+        first = frame[dup].iloc[0]
+        raise ValueError(f"ratio_figure got several rows for series {first['series']!r} and "
+                         f"stage {first['stage']!r}: name the series by everything that tells "
+                         "them apart (or filter to one workload)")
     stages = [s for s in ORDER if s in set(frame["stage"])]
     stages += sorted(set(frame["stage"]) - set(stages))
     series: Sequence[str] = list(dict.fromkeys(frame["series"]))
@@ -337,7 +348,7 @@ def ratio_figure(frame: pd.DataFrame, ax: Axes | None = None, title: str = "",
     has_mark = "mark" in frame.columns
     for s_i, name in enumerate(series):
         colour = _SERIES_COLOURS[s_i % len(_SERIES_COLOURS)]
-        part = frame[frame["series"] == name].drop_duplicates("stage").set_index("stage")
+        part = frame[frame["series"] == name].set_index("stage")
         for st_i, stage in enumerate(stages):
             if stage not in part.index:
                 continue

@@ -55,7 +55,7 @@ from harness.report.markup import (
 from harness.report.schema import Run, read_run
 
 __all__ = ["FIGURES_DIR", "HTML_FILE", "MAX_TRENDS", "MD_FILE", "combine_runs",
-           "headline_text", "render_report", "report_blocks"]
+           "headline_text", "profile_summary", "render_report", "report_blocks"]
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
@@ -115,6 +115,10 @@ def _pct(share: float) -> str:
     return f"{format_value(share * 100.0)} %"
 
 
+def _signed_pct(share: float) -> str:
+    return f"{'+' if share >= 0 else '-'}{format_value(abs(share) * 100.0)} %"
+
+
 _MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant", "n/a": "n/a"}
 
 
@@ -129,6 +133,10 @@ def headline_text(row: pd.Series, history: bool) -> str:
                      f"busy, {_pct(row['top_share_of_wall'])} of wall")
     else:
         parts.append("stage recording was off")
+    overhead = row.get("record_overhead", float("nan"))
+    if overhead == overhead:  # not NaN: the run had repeats with recording on and off
+        parts.append(f"recording stages cost {_signed_pct(overhead)} of wall (wall times "
+                     f"are from the unrecorded repeats)")
     text = f"{cfg}: " + "; ".join(parts) + "."
     if row["previous"]:
         text += (f" Biggest change against {row['previous']}: {row['change_stage']} "
@@ -144,7 +152,8 @@ def _headline_display(head: pd.DataFrame, history: bool) -> pd.DataFrame:
         "backend": head["backend"], "workload": head["workload"], "n_tasks": head["n_tasks"],
         "first task s": head["time_to_first_task_s"], "wall s": head["wall_s"],
         "top stage": head["top_stage"].replace("", "n/a"), "top stage busy s": head[
-            "top_stage_s"], "% of wall": head["top_share_of_wall"] * 100.0})
+            "top_stage_s"], "% of wall": head["top_share_of_wall"] * 100.0,
+        "recording overhead %": head["record_overhead"] * 100.0})
     if history:
         out["against"] = head["previous"].replace("", "n/a")
         out["biggest change"] = head["change_stage"].replace("", "n/a")
@@ -165,7 +174,10 @@ def _stage_display(ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary.rename(columns={
+    return summary.assign(record_overhead=summary["record_overhead"] * 100.0).rename(columns={
+        "repeats": "repeats (wall)", "recorded_repeats": "recorded repeats",
+        "wall_recorded_s_median": "wall s recorded (median)",
+        "record_overhead": "recording overhead %",
         "wall_s_median": "wall s (median)", "wall_s_min": "wall min", "wall_s_max": "wall max",
         "time_to_first_task_s_median": "first task s (median)",
         "time_to_first_task_s_min": "first task min",
@@ -276,9 +288,7 @@ def _profile_blocks(run: Run, out_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading(f"Profile: {run.name}", 3)]
     info = run.meta.get("profile")
     if info:
-        blocks.append(Para(
-            f"Samples attributed to a stage: {info['attributed_share']:.1%} of "
-            f"{info['samples']:,} samples ({info['errors']:,} sampling errors)."))
+        blocks.append(Para(profile_summary(info)))
     else:
         blocks.append(Para("meta.json has no profile summary (attributed share unknown)."))
     shares = T.profile_stage_shares(prof)
@@ -296,6 +306,28 @@ def _profile_blocks(run: Run, out_dir: Path) -> list[Block]:
             blocks += [Para("Profile files (speedscope JSON opens at https://www.speedscope.app):"),
                        Bullets(links)]
     return blocks
+
+
+def profile_summary(info: dict[str, object]) -> str:
+    """The profile's summary line from ``meta.json``'s ``profile``: attributed / busy / idle
+    (runs profiled before those counts were kept give the attributed share of busy only)."""
+    samples, errors = int(info["samples"]), int(info["errors"])  # type: ignore[call-overload]
+    share = float(info["attributed_share"])  # type: ignore[arg-type]
+    if "busy_samples" not in info:
+        return (f"{share:.1%} of the busy samples attributed to a stage; {samples:,} samples "
+                f"({errors:,} sampling errors).")
+    busy, idle = int(info["busy_samples"]), int(info["idle_samples"])  # type: ignore[call-overload]
+    attributed = int(info["attributed_samples"])  # type: ignore[call-overload]
+    imports = int(info.get("import_samples") or 0)  # type: ignore[call-overload]
+
+    def of_all(n: int) -> str:
+        return f"{n / samples:.1%}" if samples else "0.0%"
+
+    return (f"{samples:,} samples: {attributed:,} attributed to a stage ({share:.1%} of the "
+            f"{busy:,} busy ones, {busy - attributed:,} unattributed), {idle:,} idle "
+            f"({of_all(idle)} of all)" + (f", {imports:,} importing" if imports else "") +
+            f"; {errors:,} sampling errors. The shares below are of all samples and add up "
+            f"to 100 %.")
 
 
 def _timeline_jobs(spans: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -354,7 +386,12 @@ def report_blocks(runs: Sequence[Run], out_dir: Path, reference: str | None = No
                         "marks a stage the backend does not have (never 0)."),
                    Table(_stage_display(T.ranked_stages(summary, rsum)))]
 
-    blocks += [Heading("Run summary", 2), Table(_run_display(rsum))]
+    blocks += [Heading("Run summary", 2),
+               Para("Wall times come from the repeats run with stage recording off; stage "
+                    "times and time to first task from the repeats with it on, interleaved "
+                    "with them. Recording overhead % is median wall time recorded / "
+                    "unrecorded - 1: what measuring the stages cost each backend."),
+               Table(_run_display(rsum))]
 
     blocks.append(Heading("Figures", 2))
     if not summary.empty:

@@ -29,7 +29,10 @@ import numpy as np
 import pandas as pd
 
 from harness.report.columns import (
+    IDLE,
+    IMPORT,
     META_FILE,
+    PROFILE_CATEGORIES,
     PROFILE_STAGES_COLUMNS,
     PROFILE_STAGES_FILE,
     PROFILES_DIR,
@@ -48,7 +51,10 @@ from harness.report.columns import (
 from harness.report.validate import check_runs_cover, fail, validate_meta, validate_table
 
 __all__ = [
+    "IDLE",
+    "IMPORT",
     "META_FILE",
+    "PROFILE_CATEGORIES",
     "PROFILE_STAGES_COLUMNS",
     "PROFILE_STAGES_FILE",
     "PROFILES_DIR",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.report.schema import SCHEMA_VERSION, STAGE_NAMES, UNATTRIBUTED
+from harness.report.schema import IDLE, SCHEMA_VERSION, STAGE_NAMES, UNATTRIBUTED
 
 __all__ = ["SyntheticSpec", "synthetic_meta", "synthetic_profile", "synthetic_tables"]
 
@@ -110,7 +110,7 @@ def synthetic_profile() -> pd.DataFrame:
     """A small ``profile_stages.csv`` table (shares sum to 1)."""
     rows = [("update_graph", "build_tasks", 40), ("update_graph", "decode", 20),
             ("schedule", "pick_worker", 15), ("execute", "run_task", 8),
-            (UNATTRIBUTED, "<idle>", 17)]
+            (UNATTRIBUTED, "helper", 5), (IDLE, "select", 12)]
     total = sum(r[2] for r in rows)
     return pd.DataFrame([{"stage": s, "function": f, "self_samples": k, "share": k / total}
                          for s, f, k in rows])

@@ -13,6 +13,11 @@ Rules of this module:
 - The run-level measures ``time_to_first_task`` and ``wall`` (from ``runs.csv``) appear after
   the eight stages wherever a table mixes them (``measures``), so that scaling and comparisons
   cover end-to-end time too, even for runs recorded with stage recording off.
+- Wall time, and every ratio of wall times, comes from the runs made with stage recording
+  off (``recorded`` false in ``runs.csv``) where a configuration has them; stage times and
+  time to first task (a span) from the recorded ones (``speed_runs``, ``recorded_runs``).
+  Runs written before record-off repeats existed have only recorded runs: they are used for
+  both.
 - Ratios are other / reference (> 1 means slower than the reference). A ratio whose
   denominator is 0 or NaN is NaN.
 """
@@ -24,7 +29,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from harness.report.schema import RUN_KEY, STAGE_NAMES
+from harness.report.schema import PROFILE_CATEGORIES, RUN_KEY, STAGE_NAMES
 from harness.report.stats import fit_exponent
 
 __all__ = [
@@ -41,10 +46,12 @@ __all__ = [
     "profile_stage_shares",
     "profile_top",
     "ranked_stages",
+    "recorded_runs",
     "run_summary",
     "scaling_points",
     "scaling_table",
     "sort_rows",
+    "speed_runs",
     "stage_summary",
     "stage_totals",
 ]
@@ -71,6 +78,28 @@ def sort_rows(df: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
     if df.empty or not by:
         return df.reset_index(drop=True)
     return df.sort_values(by, key=_order_key, kind="mergesort").reset_index(drop=True)
+
+
+def _runs_of_kind(runs: pd.DataFrame, recorded: bool) -> pd.DataFrame:
+    if runs.empty or "recorded" not in runs:
+        return runs
+    flag = runs["recorded"].astype("boolean").fillna(True).astype(bool)
+    want = flag == recorded
+    has = want.groupby([runs[c] for c in _CONFIG], sort=False).transform("any")
+    return runs[(want | ~has).to_numpy()]
+
+
+def speed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``runs`` that wall times come from: each configuration's runs made with
+    recording off, or all its runs where it has none (recording was never off, or the
+    table predates the ``recorded`` column)."""
+    return _runs_of_kind(runs, recorded=False)
+
+
+def recorded_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``runs`` that recorded spans (time to first task comes from them): each
+    configuration's recorded runs, or all its runs where it has none."""
+    return _runs_of_kind(runs, recorded=True)
 
 
 def stage_totals(stages: pd.DataFrame) -> pd.DataFrame:
@@ -103,17 +132,19 @@ def stage_totals(stages: pd.DataFrame) -> pd.DataFrame:
 
 def measures(stages: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Seconds per (run, measure): the eight stages (roles summed) then, if ``runs`` is given,
-    ``time_to_first_task`` and ``wall``. Columns: RUN_KEY, ``stage``, ``seconds``,
-    ``applicable``. An unknown time to first task is ``applicable=False``.
+    ``time_to_first_task`` (from ``recorded_runs``) and ``wall`` (from ``speed_runs``).
+    Columns: RUN_KEY, ``stage``, ``seconds``, ``applicable``. An unknown time to first task
+    is ``applicable=False``.
     """
     totals = stage_totals(stages)[[*RUN_KEY, "stage", "seconds", "applicable"]]
     parts = [totals]
     if runs is not None and not runs.empty:
-        for name, col in (("time_to_first_task", "time_to_first_task_s"), ("wall", "wall_s")):
-            part = runs[list(RUN_KEY)].copy()
+        for name, col, rows in (("time_to_first_task", "time_to_first_task_s",
+                                 recorded_runs(runs)), ("wall", "wall_s", speed_runs(runs))):
+            part = rows[list(RUN_KEY)].copy()
             part["stage"] = name
-            part["seconds"] = runs[col].astype(float)
-            part["applicable"] = runs[col].notna()
+            part["seconds"] = rows[col].astype(float)
+            part["applicable"] = rows[col].notna()
             parts.append(part)
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -157,39 +188,62 @@ def stage_summary(stages: pd.DataFrame) -> pd.DataFrame:
 def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (backend, workload, n_tasks): wall time and time to first task over repeats.
 
-    Columns: the key, ``repeats``, ``wall_s_median``, ``wall_s_min``, ``wall_s_max``,
-    ``time_to_first_task_s_median`` (``_min``, ``_max``), ``tasks_run_median``,
-    ``wall_us_per_task`` (median wall time per task), ``overhead_us_per_task`` (median wall
-    time per task above the ``floor`` backend's on the same workload and size, from the same
-    run when several are combined; empty without a floor row), ``peak_rss_{client,scheduler,
-    worker}_mib`` (median peak resident MiB of that role, the largest worker's for ``worker``;
-    empty where not measured).
+    Columns: the key, ``repeats`` (the runs wall time comes from: ``speed_runs``),
+    ``wall_s_median``, ``wall_s_min``, ``wall_s_max`` (of those runs),
+    ``time_to_first_task_s_median`` (``_min``, ``_max``; of ``recorded_runs``),
+    ``tasks_run_median``, ``wall_us_per_task`` (median wall time per task),
+    ``overhead_us_per_task`` (median wall time per task above the ``floor`` backend's on the
+    same workload and size, from the same run when several are combined; empty without a
+    floor row), ``peak_rss_{client,scheduler,worker}_mib`` (median peak resident MiB of that
+    role, the largest worker's for ``worker``, over the same runs as wall time; empty where not
+    measured), ``recorded_repeats`` and ``wall_recorded_s_median`` (the runs that recorded
+    stages), ``record_overhead`` (``wall_recorded_s_median / wall_s_median - 1``: what
+    recording cost; empty unless the configuration has runs of both kinds).
     """
     cols = [*_CONFIG, "repeats"] + [f"{v}_{s}" for v in ("wall_s", "time_to_first_task_s")
                                     for s in ("median", "min", "max")]
     cols += ["tasks_run_median", "wall_us_per_task", "overhead_us_per_task"]
     cols += [f"peak_rss_{role}_mib" for role in _RSS_ROLES]
+    cols += ["recorded_repeats", "wall_recorded_s_median", "record_overhead"]
     if runs.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    df = runs.assign(tasks_run=runs["tasks_run"].astype("float64"))
+    df = speed_runs(runs)
+    df = df.assign(tasks_run=df["tasks_run"].astype("float64"))
     out = df.groupby(_CONFIG, sort=False).agg(
         repeats=("repeat", "nunique"),
         wall_s_median=("wall_s", "median"),
         wall_s_min=("wall_s", "min"),
         wall_s_max=("wall_s", "max"),
-        time_to_first_task_s_median=("time_to_first_task_s", "median"),
-        time_to_first_task_s_min=("time_to_first_task_s", "min"),
-        time_to_first_task_s_max=("time_to_first_task_s", "max"),
         tasks_run_median=("tasks_run", "median"),
     ).reset_index()
+    index = pd.MultiIndex.from_frame(out[_CONFIG])
+    rec = recorded_runs(runs)
+    rec = rec.assign(tasks_run=rec["tasks_run"].astype("float64"))
+    by = rec.groupby(_CONFIG, sort=False)
+    first = by["time_to_first_task_s"]
+    for stat in ("median", "min", "max"):
+        out[f"time_to_first_task_s_{stat}"] = getattr(first, stat)().reindex(index).to_numpy()
+    # tasks are counted where spans were recorded (Dask's backends count nothing otherwise)
+    counted = by["tasks_run"].median().reindex(index).to_numpy()
+    out["tasks_run_median"] = out["tasks_run_median"].where(
+        out["tasks_run_median"].notna(), pd.Series(counted, index=out.index))
     out["wall_us_per_task"] = out["wall_s_median"] / out["n_tasks"] * 1e6
     out["overhead_us_per_task"] = _above_floor(out)
     for role in _RSS_ROLES:  # runs written before peaks were measured lack these columns
         col = f"peak_rss_{role}_bytes"
         peak = (pd.to_numeric(df[col], errors="coerce").groupby([df[c] for c in _CONFIG], sort=False)
-                .median().reindex(pd.MultiIndex.from_frame(out[_CONFIG])).to_numpy()
+                .median().reindex(index).to_numpy()
                 if col in df else np.nan)
         out[f"peak_rss_{role}_mib"] = peak / 2**20
+    flag = (runs["recorded"].astype("boolean").fillna(True).astype(bool) if "recorded" in runs
+            else pd.Series(True, index=runs.index))
+    on = runs[flag.to_numpy()].groupby(_CONFIG, sort=False)["wall_s"]
+    off = runs[~flag.to_numpy()].groupby(_CONFIG, sort=False)["wall_s"]
+    out["recorded_repeats"] = on.size().reindex(index).fillna(0).astype("int64").to_numpy()
+    out["wall_recorded_s_median"] = on.median().reindex(index).to_numpy()
+    out["record_overhead"] = _safe_ratio(out["wall_recorded_s_median"],
+                                         pd.Series(off.median().reindex(index).to_numpy(),
+                                                   index=out.index)) - 1
     return sort_rows(out[cols], _CONFIG)
 
 
@@ -326,11 +380,20 @@ def scaling_table(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile_stage_shares(profile_stages: pd.DataFrame) -> pd.DataFrame:
-    """Self samples and share of all samples per stage (``unattributed`` last)."""
+    """Self samples and share of all samples per stage, then ``idle``, ``import`` and
+    ``unattributed`` as rows of their own (those with samples): over a whole profile the
+    shares add up to 1."""
     out = profile_stages.groupby("stage", sort=False).agg(
         self_samples=("self_samples", "sum"), share=("share", "sum"),
         functions=("function", "nunique")).reset_index()
-    return sort_rows(out, ["stage"])
+    return _by_category(out)
+
+
+def _by_category(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` sorted stably by its ``stage`` column in ``PROFILE_CATEGORIES`` order."""
+    rank = {name: i for i, name in enumerate(PROFILE_CATEGORIES)}
+    return df.sort_values("stage", key=lambda c: c.map(rank).fillna(len(rank)),
+                          kind="mergesort").reset_index(drop=True)
 
 
 def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFrame:
@@ -339,8 +402,7 @@ def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFram
         raise ValueError(f"per_stage must be >= 1, got {per_stage}")
     df = profile_stages.sort_values(["self_samples", "function"], ascending=[False, True],
                                     kind="mergesort")
-    df = df.groupby("stage", sort=False).head(per_stage)
-    df = sort_rows(df, ["stage"])
+    df = _by_category(df.groupby("stage", sort=False).head(per_stage))
     return df[["stage", "function", "self_samples", "share"]]
 
 
@@ -348,7 +410,7 @@ def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFram
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "backend", "workload", "n_tasks", "repeats", "time_to_first_task_s", "wall_s",
     "top_stage", "top_stage_s", "top_share_of_wall", "previous", "change_stage",
-    "change_ratio", "change_mark")
+    "change_ratio", "change_mark", "record_overhead")
 """Columns of ``headline``, in order."""
 
 CHANGE_COLUMNS: tuple[str, ...] = ("backend", "workload", "n_tasks", "previous", "stage",
@@ -393,6 +455,7 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame,
     (``CHANGE_COLUMNS``: the biggest change against the previous run of the same
     configuration, see ``biggest_change``) fills ``previous``, ``change_stage``,
     ``change_ratio`` and ``change_mark``; configurations without one have them empty.
+    ``record_overhead`` is the run summary's (NaN without record-off runs).
     """
     ranked = ranked_stages(summary, runs)
     top = ranked[ranked["rank"] == 1].set_index(_CONFIG) if not ranked.empty else None
@@ -405,7 +468,8 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame,
             "repeats": int(r.repeats), "time_to_first_task_s": r.time_to_first_task_s_median,
             "wall_s": r.wall_s_median, "top_stage": "", "top_stage_s": np.nan,
             "top_share_of_wall": np.nan, "previous": "", "change_stage": "",
-            "change_ratio": np.nan, "change_mark": ""}
+            "change_ratio": np.nan, "change_mark": "",
+            "record_overhead": float(getattr(r, "record_overhead", np.nan))}
         if top is not None and k in top.index:
             t = top.loc[k]
             row.update(top_stage=str(t["stage"]), top_stage_s=float(t["seconds_median"]),
@@ -417,7 +481,7 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame,
         rows.append(row)
     out = pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
     for name in ("time_to_first_task_s", "wall_s", "top_stage_s", "top_share_of_wall",
-                 "change_ratio"):
+                 "change_ratio", "record_overhead"):
         out[name] = out[name].astype(float)
     return out
 

@@ -24,18 +24,19 @@ import pandas as pd
 from harness.report.columns import (
     KEYS,
     META_FILE,
+    PROFILE_CATEGORIES,
     PROFILE_STAGES_COLUMNS,
     PROFILE_STAGES_FILE,
     RUN_KEY,
     RUNS_COLUMNS,
     RUNS_FILE,
+    RUNS_OPTIONAL,
     SCHEMA_VERSION,
     SPANS_COLUMNS,
     SPANS_FILE,
     STAGE_NAMES,
     STAGES_COLUMNS,
     STAGES_FILE,
-    UNATTRIBUTED,
     RunFolderError,
 )
 
@@ -72,7 +73,7 @@ def _convert(col: pd.Series, kind: str, source: str, name: str) -> pd.Series:
                         "Every row needs a value there; fix the writer of this file")
         if kind == "str":
             return text.astype(object)
-        allowed = STAGE_NAMES + ((UNATTRIBUTED,) if kind == "pstage" else ())
+        allowed = PROFILE_CATEGORIES if kind == "pstage" else STAGE_NAMES
         bad = ~text.isin(allowed)
         if bad.any():
             names = sorted(set(text[bad]))
@@ -125,9 +126,13 @@ def validate_table(df: pd.DataFrame, columns: Mapping[str, str], source: str) ->
     df = df.reset_index(drop=True)
     out = pd.DataFrame({name: _convert(df[name], kind, source, name)
                         for name, kind in columns.items()})
+    base = _file_of(columns)
+    optional = RUNS_OPTIONAL if base == RUNS_FILE else {}
     for extra in (c for c in df.columns if c not in columns):
-        out[extra] = df[extra].to_numpy()
-    _check_rules(out, _file_of(columns), source)
+        kind = optional.get(extra)
+        out[extra] = df[extra].to_numpy() if kind is None else \
+            _convert(df[extra], kind, source, extra).to_numpy()
+    _check_rules(out, base, source)
     return out
 
 

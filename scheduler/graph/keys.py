@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterator, Sequence
 from itertools import product
+from operator import itemgetter
 from typing import Union
 
 import numpy as np
@@ -236,17 +237,30 @@ class RegularKeys(KeyBlock):
 
     def positions(self, keys: list) -> np.ndarray | None:
         """Positions of many keys at once, or ``None`` if the fast path does not apply (not all
-        keys are ``(name, *ints)`` of this block); -1 for keys outside the shape."""
+        keys are ``(name, *ints)`` of this block); -1 for keys outside the shape.
+
+        Every check is a C-level pass (``map`` with ``set``), not a Python loop per key: this
+        maps the outputs of a million-task graph before it is sent."""
         name, nd = self.name, len(self.shape)
         if not nd or not keys:
             return None
-        try:
-            if not all(type(k) is tuple and len(k) == nd + 1 and k[0] == name
-                       and all(type(i) is int for i in k[1:]) for k in keys):
-                return None
-            idx = np.array([k[1:] for k in keys], dtype=np.int64).reshape(len(keys), nd)
-        except (TypeError, ValueError, OverflowError):
+        if set(map(type, keys)) != {tuple} or set(map(len, keys)) != {nd + 1}:
             return None
+        try:
+            if set(map(itemgetter(0), keys)) != {name}:
+                return None
+        except TypeError:  # an unhashable first part: not a key of this block
+            return None
+        n = len(keys)
+        idx = np.empty((n, nd), dtype=np.int64)
+        for d in range(nd):
+            column = list(map(itemgetter(d + 1), keys))
+            if set(map(type, column)) != {int}:  # bool and numpy integers are not key parts
+                return None
+            try:
+                idx[:, d] = np.fromiter(column, dtype=np.int64, count=n)
+            except OverflowError:
+                return None
         ok = ((idx >= 0) & (idx < np.asarray(self.shape))).all(axis=1)
         pos = idx @ np.asarray(self._strides, dtype=np.int64)
         return np.where(ok, pos, -1)

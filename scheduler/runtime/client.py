@@ -315,18 +315,18 @@ class Client:
                       task_progress: Callable[[int, int], None] | None = None
                       ) -> tuple[str, _Pending, int]:
         assert self._comm is not None
-        out_ids = graph.ids_of(outputs)
-        order = np.argsort(out_ids, kind="stable")
         graph_id = f"{self.name}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        p = _Pending(graph, out_ids[order], [outputs[i] for i in order.tolist()],
-                     self._loop.create_future(), self._loop.create_future(), order=order)
+        with self.recorder.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
+            out_ids = graph.ids_of(outputs)  # output keys as ids: part of the request's encoding
+            order = np.argsort(out_ids, kind="stable")
+            p = _Pending(graph, out_ids[order], [outputs[i] for i in order.tolist()],
+                         self._loop.create_future(), self._loop.create_future(), order=order)
+            frames = encode_graph(graph, encoding)
+            sp.nbytes = sum(len(f) for f in frames)
         p.accepted.add_done_callback(_consume)
         p.finished.add_done_callback(_consume)
         p.progress, p.task_progress = progress, task_progress
         self._pending[graph_id] = p
-        with self.recorder.span(Stage.serialize, tasks=graph.n, messages=1) as sp:
-            frames = encode_graph(graph, encoding)
-            sp.nbytes = sum(len(f) for f in frames)
         sent = now_ns()
         self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": sent + self.offset_ns,
                                       "encoding": encoding,
@@ -491,13 +491,21 @@ class Client:
         client's clock. ``drain`` forgets them everywhere."""
         return self.collect(drain)[0]
 
-    def collect(self, drain: bool = True) -> tuple[list[SpanRow], dict[str, int]]:
+    def collect(self, drain: bool = True, record: bool | None = None
+                ) -> tuple[list[SpanRow], dict[str, int]]:
         """``spans(drain)``, and the peak resident bytes of the scheduler and of each worker
         (by role: ``scheduler``, ``worker-0``, ...) since the previous drain; ``drain``
         starts a new period everywhere. A worker that did not answer within 10 s is missing
-        from both."""
-        msg = self._sync(self._ask("spans", {"drain": drain}), self.timeout)
+        from both. ``record``, if given, turns span recording on or off from now on, in
+        this client, the scheduler and the workers that answered (between two runs: a run
+        under way would be recorded in part)."""
+        fields: dict[str, Any] = {"drain": drain}
+        if record is not None:
+            fields["record"] = bool(record)
+        msg = self._sync(self._ask("spans", fields), self.timeout)
         rows = self.recorder.drain() if drain else list(self.recorder._rows)
+        if record is not None:
+            self.recorder.enabled = bool(record)
         off = self.offset_ns
         for r in msg["rows"]:
             rows.append(SpanRow(int(r[0]), str(r[1]), int(r[2]) - off, int(r[3]) - off,

@@ -40,7 +40,8 @@ def graph_def_message(seg: Segment, functions: bytes) -> list[Any]:
             blobs.append(g.template)
         else:
             groups.append([shape, -1])
-    return pack("graph-def", {"sid": seg.sid, "base": seg.base, "groups": groups}, None, blobs)
+    return pack("graph-def", {"sid": seg.sid, "base": seg.base, "n": seg.n, "groups": groups},
+                None, blobs)
 
 
 def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:

@@ -52,7 +52,7 @@ from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
 from .dispatch import compute_message, graph_def_message
 from .memory import peak_rss
-from .messages import Message
+from .messages import Message, pack
 
 __all__ = ["PROGRESS_INTERVAL", "SchedulerServer", "main"]
 
@@ -213,11 +213,11 @@ class SchedulerServer:
         w = _Worker(wid, comm, address, str(hello.fields.get("name", f"worker-{wid}")),
                     nthreads, time.monotonic())
         self.workers[wid] = w
-        self._welcome(comm, hello, {"worker": wid})
-        self._broadcast_peers()
-        self._apply(self.state.handle(WorkerAddedEvent(stimulus_id=self._sid("add"),
-                                                       worker=wid, nthreads=nthreads)))
-        try:
+        try:  # a worker that dies while greeted is removed like any other
+            self._welcome(comm, hello, {"worker": wid})
+            self._broadcast_peers()
+            self._apply(self.state.handle(WorkerAddedEvent(stimulus_id=self._sid("add"),
+                                                           worker=wid, nthreads=nthreads)))
             while True:
                 msg = await comm.recv()
                 w.last_seen = time.monotonic()
@@ -231,6 +231,7 @@ class SchedulerServer:
         if self.workers.get(w.wid) is not w:
             return
         del self.workers[w.wid]
+        w.comm.abort()  # nothing more is read from it: its reports are not trusted now
         for fut in self._span_waiters.values():
             if not fut.done():
                 fut.set_result([])
@@ -281,7 +282,10 @@ class SchedulerServer:
                         stimulus_id=self._sid("release"), client=cid,
                         graph_id=str(msg["graph_id"]))))
                 elif msg.op == "spans":
-                    rows, rss = await self._collect_spans(bool(msg.fields.get("drain", True)))
+                    record = msg.fields.get("record")
+                    rows, rss = await self._collect_spans(
+                        bool(msg.fields.get("drain", True)),
+                        None if record is None else bool(record))
                     comm.post_msg("spans", {"rows": rows, "rss": rss})
                 elif msg.op == "info":
                     comm.post_msg("info", self.info())
@@ -416,12 +420,12 @@ class SchedulerServer:
                     ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
                     if sid not in worker.introduced:
                         seg = self.state.segments[sid]
-                        sp.nbytes += worker.comm.post(
-                            graph_def_message(seg, self.functions.get(sid, b"")))
+                        sp.nbytes += self._post(worker, graph_def_message(
+                            seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
                     frames = compute_message(self.state, SendTasks(
                         stimulus_id="", worker=w, segment=sid, ids=ids))
-                    sp.nbytes += worker.comm.post(frames)
+                    sp.nbytes += self._post(worker, frames)
                     sp.messages += 1
         for w, parts in releases.items():
             self._to_worker(w, "release", {}, {"ids": np.concatenate(parts)})
@@ -437,8 +441,18 @@ class SchedulerServer:
                    arrays: dict[str, Any] | None = None) -> None:
         worker = self.workers.get(w)
         if worker is not None:
-            with contextlib.suppress(CommClosedError):
-                worker.comm.post_msg(op, fields, arrays)
+            self._post(worker, pack(op, fields, arrays))
+
+    def _post(self, worker: _Worker, frames: list[Any]) -> int:
+        """Queue a message to ``worker``; returns its size. A connection found closed means
+        the worker is gone even if its reader has not noticed yet: the message is dropped
+        and the worker removed on the next loop iteration, which hands its tasks to others.
+        Never raises, so that the instructions after this one are still carried out."""
+        try:
+            return worker.comm.post(frames)
+        except CommClosedError:
+            asyncio.get_running_loop().call_soon(self._remove_worker, worker)
+            return 0
 
     def _to_client(self, cid: str, op: str, fields: dict[str, Any],
                    arrays: dict[str, Any] | None = None,
@@ -476,11 +490,15 @@ class SchedulerServer:
                 "results": self.state.n_results, "workers": workers,
                 "bookkeeping": {**self.state.bookkeeping(), "functions": len(self.functions)}}
 
-    async def _collect_spans(self, drain: bool) -> tuple[list[list[Any]], dict[str, int]]:
+    async def _collect_spans(self, drain: bool, record: bool | None = None
+                             ) -> tuple[list[list[Any]], dict[str, int]]:
         """Spans of the scheduler and its workers, and each one's peak resident bytes since
-        the last drain (``drain`` starts a new period everywhere)."""
+        the last drain (``drain`` starts a new period everywhere); ``record``, if given,
+        turns recording on or off everywhere from then on."""
         rows: list[list[Any]] = [list(r) for r in (self.recorder.drain() if drain
                                                   else list(self.recorder._rows))]
+        if record is not None:
+            self.recorder.enabled = record
         rss = {"scheduler": peak_rss(reset=drain)}
         waits = []
         for w in list(self.workers.values()):
@@ -488,7 +506,10 @@ class SchedulerServer:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._span_waiters[req] = fut
             with contextlib.suppress(CommClosedError):
-                w.comm.post_msg("spans", {"request": req, "drain": drain})
+                ask: dict[str, Any] = {"request": req, "drain": drain}
+                if record is not None:
+                    ask["record"] = record
+                w.comm.post_msg("spans", ask)
             waits.append(fut)
         if waits:
             done, _ = await asyncio.wait(waits, timeout=10)

@@ -36,6 +36,7 @@ from ..state.worker import (
     Execute,
     ExecutedEvent,
     FetchData,
+    ForgetGraphEvent,
     ReleaseDataEvent,
     ReportDataLost,
     ReportErred,
@@ -171,6 +172,7 @@ class WorkerServer:
         self._finished: list[int] = []
         self._flush_pending = False
         self._failed_graphs: dict[int, str] = {}
+        self._ranges: dict[int, tuple[int, int]] = {}  # graph id -> (first task id, tasks)
         self._done = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -220,6 +222,11 @@ class WorkerServer:
 
     def _set_peers(self, peers: dict[str, str]) -> None:
         self.peers = {int(k): v for k, v in peers.items()}
+        # a peer the scheduler removed (dead, or silent too long) answers no more fetches:
+        # end those at once instead of waiting for their timeout
+        gone = set(self._peer_comms) - set(self.peers.values())
+        for address in gone:
+            self._peer_comms.pop(address).abort()
 
     async def _heartbeat(self, interval: float) -> None:
         while True:
@@ -248,6 +255,7 @@ class WorkerServer:
         if op == "compute":
             self._on_compute(msg)
         elif op == "graph-def":
+            self._ranges[int(msg["sid"])] = (int(msg["base"]), int(msg.fields.get("n", 0)))
             try:
                 self.catalog.define(msg)
             except SpecLoadError as e:
@@ -257,13 +265,19 @@ class WorkerServer:
         elif op == "cancel":
             self._handle(CancelTasksEvent(stimulus_id="cancel", ids=msg.array("ids")))
         elif op == "forget-graph":
-            self.catalog.forget(int(msg["sid"]))
-            self._failed_graphs.pop(int(msg["sid"]), None)
+            sid = int(msg["sid"])
+            self.catalog.forget(sid)
+            self._failed_graphs.pop(sid, None)
+            base, n = self._ranges.pop(sid, (0, 0))
+            if n:
+                self._handle(ForgetGraphEvent(stimulus_id="forget", base=base, n=n))
         elif op == "peers":
             self._set_peers(msg["peers"])
         elif op == "spans":
             drain = bool(msg.fields.get("drain", True))
             rows = self.recorder.drain() if drain else list(self.recorder._rows)
+            if msg.fields.get("record") is not None:
+                self.recorder.enabled = bool(msg.fields["record"])
             shifted = [[r[0], r[1], r[2] + self.offset_ns, r[3] + self.offset_ns, *r[4:]]
                        for r in rows]
             assert self._scheduler is not None

@@ -356,8 +356,8 @@ class SchedulerState:
                 self._requeue(seg, proc)
         self.occupancy[w] = 0
         for seg, needed in lost_needed:
-            for s, gids in self._wanters(seg, needed):
-                s.outputs_left += len(gids)
+            for s_, gids in self._wanters(seg, needed):
+                s_.outputs_left += len(gids)
         if lost_needed:
             self._recompute(np.concatenate([seg.base + needed for seg, needed in lost_needed]))
 
@@ -389,35 +389,37 @@ class SchedulerState:
         return out
 
     def _recompute(self, gids: np.ndarray) -> None:
-        """Make released tasks ``gids`` that are still needed run again (and, first, any of
-        their dependencies whose results are gone). Rare path: Python per task."""
-        stack = np.asarray(gids, dtype=np.int64).reshape(-1).tolist()
-        todo = []
-        while stack:
-            t = stack.pop()
-            seg = self.segment_of(t)
-            i = t - seg.base
-            if seg.state[i] != S.released:
-                continue
-            todo.append(t)
-            deps = seg.dep_idx[seg.dep_ptr[i]:seg.dep_ptr[i + 1]]
-            missing = 0
-            for d in deps.tolist():
-                dseg = self.segment_of(d)
-                di = d - dseg.base
-                dseg.remaining[di] += 1
-                if dseg.state[di] != S.memory:
-                    missing += 1
-                    if dseg.state[di] == S.released:
-                        stack.append(d)
-            li = np.asarray([i])
-            if missing:
-                seg.waiting[i] = missing
-                self._transition(seg, li, S.waiting)
-            else:
-                self._transition(seg, li, S.ready)
-            self._recount_dependents(seg, i)
-        self._fail_readers_of_errors(np.asarray(todo, dtype=np.int64))
+        """Make released tasks ``gids`` (global ids) that are still needed run again, and
+        first, transitively, their dependencies whose results are gone; their dependents
+        that have not run count their missing dependencies again (a running one is
+        cancelled). Batched: a lost worker's 100,000 results cost array operations per
+        level of the graph, not Python per task."""
+        gids = unique(np.asarray(gids, dtype=np.int64))
+        todo = frontier = gids[self._states(gids) == S.released]
+        while len(frontier):
+            deps = unique(self._gather(frontier, dependents=False))
+            frontier = deps[self._states(deps) == S.released]
+            frontier = frontier[~np.isin(frontier, todo)]
+            todo = np.union1d(todo, frontier)
+        if not len(todo):
+            return
+        for dseg, dl in self._split(self._gather(todo, dependents=False)):
+            np.add.at(dseg.remaining, dl, 1)  # pending again: their dependencies are needed
+        for seg, local in self._split(todo):
+            missing = self._count_missing(seg, local)
+            seg.waiting[local] = missing
+            self._transition(seg, local[missing > 0], S.waiting)
+            self._transition(seg, local[missing == 0], S.ready)
+        for useg, ul in self._split(unique(self._gather(todo, dependents=True))):
+            st = useg.state[ul]
+            proc = ul[st == S.processing]
+            for w in unique(useg.worker[proc]):
+                self._out.append(CancelTasks(stimulus_id=self._stimulus, worker=int(w),
+                                             ids=proc[useg.worker[proc] == w] + useg.base))
+            self._transition(useg, ul[(st == S.processing) | (st == S.ready)], S.waiting)
+            live = ul[np.isin(st, (S.waiting, S.ready, S.processing))]
+            useg.waiting[live] = self._count_missing(useg, live)
+        self._fail_readers_of_errors(todo)
 
     def _fail_readers_of_errors(self, gids: np.ndarray) -> None:
         """Tasks ``gids`` were made again, but some read a result that failed meanwhile:
@@ -432,23 +434,16 @@ class SchedulerState:
             hit = unique(local[rows[bad]])
             self._spread_error(seg, hit, int(deps[np.flatnonzero(bad)[0]]))
 
-    def _recount_dependents(self, seg: Segment, i: int) -> None:
-        """Dependents of a task that is no longer in memory and have not run: count again."""
-        dpts = seg.dpt_idx[seg.dpt_ptr[i]:seg.dpt_ptr[i + 1]].tolist()
-        dpts += self._cross.get(seg.base + i, [])
-        for u in dpts:
-            useg = self.segment_of(u)
-            ui = u - useg.base
-            st = useg.state[ui]
-            if st in (S.waiting, S.ready, S.processing):
-                arr = np.asarray([ui])
-                if st == S.processing:
-                    self._out.append(CancelTasks(stimulus_id=self._stimulus,
-                                                 worker=int(useg.worker[ui]), ids=arr + useg.base))
-                    self._transition(useg, arr, S.waiting)
-                elif st == S.ready:
-                    self._transition(useg, arr, S.waiting)
-                useg.waiting[ui] = int(self._count_missing(useg, arr)[0])
+    def _gather(self, gids: np.ndarray, *, dependents: bool) -> np.ndarray:
+        """Global ids of the dependencies (or dependents) of ``gids``, with repeats."""
+        parts = [_EMPTY]
+        for seg, local in self._split(gids):
+            ptr, idx = (seg.dpt_ptr, seg.dpt_idx) if dependents else (seg.dep_ptr, seg.dep_idx)
+            parts.append(csr_gather(ptr, idx, local)[0])
+        if dependents and self._cross:
+            parts.append(np.asarray([u for g in gids.tolist() for u in self._cross.get(g, ())],
+                                    dtype=np.int64))
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     # --- graphs ------------------------------------------------------------------------------
 

@@ -9,6 +9,15 @@ prepared by the runtime; this module never calls it.
 Data: ``data`` holds results by task id. Results computed here stay until the scheduler
 releases them; copies fetched from peers are dropped as soon as no local task needs them.
 Tasks run in the scheduler's priority order (lowest first).
+
+Convergence with the scheduler, whose messages may cross ours: every task the scheduler
+sends is reported once it is done here, even when it was done before it came. A task the
+scheduler cancelled after it had run (its report then crossed the cancel and was dropped
+as stale) and sent again is answered from ``data`` with a new report; a cancelled task that
+is already running is left to finish and reported. A dependency being fetched from one peer
+and named again with another holder is fetched from that holder too: the scheduler moved
+it because the first one is gone. Results the scheduler never accepted are dropped with
+their graph (``ForgetGraphEvent``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import numpy as np
 
 __all__ = [
     "CancelTasksEvent", "ComputeTasksEvent", "DataFetchedEvent", "Execute", "ExecutedEvent",
-    "FetchData", "ReleaseDataEvent", "ReportDataLost", "ReportErred", "ReportFinished",
+    "FetchData", "ForgetGraphEvent", "ReleaseDataEvent", "ReportDataLost", "ReportErred", "ReportFinished",
     "WorkerState",
 ]
 
@@ -79,6 +88,15 @@ class ReleaseDataEvent(WorkerEvent):
 @dataclass(**_DC)
 class CancelTasksEvent(WorkerEvent):
     ids: np.ndarray
+
+
+@dataclass(**_DC)
+class ForgetGraphEvent(WorkerEvent):
+    """The scheduler dropped the graph of task ids ``base .. base + n - 1``: results of it
+    still here (ones whose report the scheduler did not accept) are dropped."""
+
+    base: int
+    n: int
 
 
 @dataclass(**_DC)
@@ -144,7 +162,7 @@ class WorkerState:
         self.ready: list[tuple[int, int]] = []     # heap of (priority, id)
         self.waiters: dict[int, list[int]] = {}    # missing dependency -> task ids
         self.fetched_users: dict[int, int] = {}    # fetched copy -> local tasks needing it
-        self.fetching: set[int] = set()
+        self.fetching: dict[int, int] = {}         # dependency -> peer last asked for it
         self.running: set[int] = set()             # handed to a thread, not reported yet
         self.running_batches = 0
         self.executed = 0
@@ -167,6 +185,8 @@ class WorkerState:
             elif isinstance(ev, CancelTasksEvent):
                 for t in ev.ids.tolist():
                     self._drop(t)
+            elif isinstance(ev, ForgetGraphEvent):
+                self._forget(ev.base, ev.base + ev.n)
             else:
                 raise TypeError(f"unknown event {type(ev).__name__}")
         self._start_batches()
@@ -182,10 +202,18 @@ class WorkerState:
         dep_ids = ev.dep_ids.tolist()
         holders = ev.dep_holders.tolist()
         data, ready, tasks = self.data, self.ready, self.tasks
+        fetching = self.fetching
         fetch: dict[int, list[int]] = {}
+        done: list[int] = []
         for i, tid in enumerate(ids):
-            if tid in tasks or tid in data or tid in self.running:
-                continue  # already known (a resent batch after a peer was lost)
+            if tid in tasks or tid in self.running:
+                continue  # already here: it is reported when it has run
+            if tid in data:
+                # done before it came (sent again after a cancel that crossed our report):
+                # report it again; a fetched copy becomes a result of ours
+                self.fetched_users.pop(tid, None)
+                done.append(tid)
+                continue
             deps = dep_ids[ptr[i]:ptr[i + 1]]
             task = _Task(tid, prio[i], ev.runners[i], deps, ev.indices[i])
             tasks[tid] = task
@@ -195,8 +223,8 @@ class WorkerState:
                     task.missing += 1
                     self.waiters.setdefault(d, []).append(tid)
                     self.fetched_users[d] = self.fetched_users.get(d, 0) + 1
-                    if d not in self.fetching:
-                        self.fetching.add(d)
+                    if fetching.get(d) != holders[j]:
+                        fetching[d] = holders[j]
                         fetch.setdefault(holders[j], []).append(d)
                 elif d in self.fetched_users:
                     self.fetched_users[d] += 1
@@ -204,6 +232,8 @@ class WorkerState:
                 heapq.heappush(ready, (task.priority, tid))
         for peer, want in fetch.items():
             self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
+        if done:
+            self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=done))
 
     def _executed(self, ev: ExecutedEvent) -> None:
         if not ev.partial:
@@ -219,8 +249,9 @@ class WorkerState:
                                          text=text))
 
     def _fetched(self, ev: DataFetchedEvent) -> None:
+        fetching = self.fetching
         for d, value in ev.values.items():
-            self.fetching.discard(d)
+            fetching.pop(d, None)
             if d not in self.waiters:
                 continue  # nobody waits any more (cancelled meanwhile)
             self.data[d] = value
@@ -231,7 +262,7 @@ class WorkerState:
                     if task.missing == 0:
                         heapq.heappush(self.ready, (task.priority, tid))
         for d, reason in ev.unserializable.items():
-            self.fetching.discard(d)
+            fetching.pop(d, None)
             for tid in self.waiters.pop(d, ()):
                 if tid in self.tasks:
                     self._drop(tid)
@@ -242,7 +273,9 @@ class WorkerState:
                              f"{reason}"))
         lost: dict[int, list[int]] = {}
         for d in ev.missing:
-            self.fetching.discard(d)
+            if d in fetching and fetching[d] != ev.peer:
+                continue  # asked of another holder since: that answer decides
+            fetching.pop(d, None)
             for tid in self.waiters.pop(d, ()):
                 lost.setdefault(tid, []).append(d)
         for tid, missing in lost.items():
@@ -262,6 +295,10 @@ class WorkerState:
                 waiting.remove(tid)
                 if not waiting:
                     del self.waiters[d]
+
+    def _forget(self, lo: int, hi: int) -> None:
+        for t in [t for t in self.data if lo <= t < hi and t not in self.fetched_users]:
+            del self.data[t]
 
     def _unuse(self, d: int) -> None:
         n = self.fetched_users.get(d)
