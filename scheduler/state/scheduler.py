@@ -120,7 +120,8 @@ class SchedulerState:
         self._queue: deque[tuple[Segment, np.ndarray]] = deque()  # root-like ready tasks
         self._cross: dict[int, list[int]] = {}  # gid -> dependents in later segments
         self._cross_keys: np.ndarray | None = None  # sorted keys of _cross (None: stale)
-        self._watch: dict[int, list[int]] = {}  # gid -> later segments wanting it as output
+        # segment id -> sorted ids of the tasks of other segments it wants as outputs
+        self._watch: dict[int, np.ndarray] = {}
         self._copies: dict[int, set[int]] = {}  # gid in memory -> workers with a stale copy
         self._failures: dict[int, tuple[Any, bytes, str]] = {}  # failed gid -> error
         self._story: deque[tuple[str, int, np.ndarray, np.ndarray, int]] = deque(
@@ -551,8 +552,8 @@ class SchedulerState:
             np.add.at(sseg.remaining, loc, 1)
         for sseg, loc in self._split(ext_out):
             sseg.wanted[loc] += 1  # outputs are unique
-        for g in ext_out.tolist():
-            self._watch.setdefault(g, []).append(seg.sid)
+        if len(ext_out):
+            self._watch[seg.sid] = ext_out  # sorted: seg.outputs is
         # aliases count too, read or not: a key must name a live task while seg lives
         for sseg, _ in self._split(unique(np.concatenate([src, ext_out, seg.alias_gid]))):
             sseg.refs += 1
@@ -621,13 +622,14 @@ class SchedulerState:
         else:
             mine = np.zeros(len(gids), dtype=bool)
         found = [(seg, gids[mine])] if mine.any() else []
-        by_sid: dict[int, list[int]] = {}
-        # wanted by more graphs than seg itself: the others are in _watch
-        for g in gids[seg.wanted[out] > mine].tolist():
-            for sid in self._watch.get(g, ()):
-                by_sid.setdefault(sid, []).append(g)
-        found.extend((self.segments[sid], np.asarray(gs, dtype=np.int64))
-                     for sid, gs in by_sid.items())
+        # wanted by more graphs than seg itself: the others are in _watch (a few graphs)
+        shared = gids[seg.wanted[out] > mine]
+        if len(shared):
+            for sid, gs in self._watch.items():
+                pos = np.minimum(np.searchsorted(gs, shared), len(gs) - 1)
+                hit = shared[gs[pos] == shared]
+                if len(hit):
+                    found.append((self.segments[sid], hit))
         return found
 
     def _failure_of(self, gid: int) -> tuple[Any, bytes, str]:
@@ -853,12 +855,7 @@ class SchedulerState:
         own = outs[mine] - seg.base
         seg.wanted[own] -= 1
         ext = outs[~mine]
-        for g in ext.tolist():
-            rest = [sid for sid in self._watch.get(g, ()) if sid != seg.sid]
-            if rest:
-                self._watch[g] = rest
-            else:
-                self._watch.pop(g, None)
+        self._watch.pop(seg.sid, None)
         for oseg, loc in self._split(ext):
             oseg.wanted[loc] -= 1
             self._release_unneeded(oseg, loc)
@@ -1141,9 +1138,8 @@ class SchedulerState:
         for g in self._copies:
             cs = self.segment_of(g)
             assert cs.state[g - cs.base] == S.memory, f"stale copy of task id {g} kept"
-        for g, sids in self._watch.items():
-            assert all(not self.segments[sid].released for sid in sids), \
-                f"task id {g} is watched by a released graph"
+        for sid in self._watch:
+            assert not self.segments[sid].released, f"released graph {sid} still watches"
         for sid, seg in self.segments.items():
             assert (seg.wanted == wanted[sid]).all(), \
                 f"{seg}: wanted counts differ from the outputs of unreleased graphs"
