@@ -201,10 +201,10 @@ def test_one_of_three_workers_killed(cluster3: LocalCluster, name: str, n: int,
 
 
 def test_holder_of_the_outputs_killed_during_gather(cluster3: LocalCluster) -> None:
-    """Elementwise, 5,000 tasks: the graph is done and the client starts fetching its outputs;
+    """Elementwise, 3,000 tasks: the graph is done and the client starts fetching its outputs;
     the first worker it asks is SIGKILLed just before the request. The client gets every
     output anyway (the scheduler recomputes what that worker held and tells it where)."""
-    layers, outputs, expected = workload("elementwise", 5000)
+    layers, outputs, expected = workload("elementwise", 3000)
     with Client(cluster3, record=False, timeout=60) as client:
         fetch = client._fetch
         killed: list[int] = []

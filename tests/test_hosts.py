@@ -117,7 +117,7 @@ _RUN_GRAPHS = """
     out["pair"] = client.submit(pair, x, y, key="z").result(120)
     client.spans(drain=True)
     for name in ("reduction", "shuffle", "elementwise"):
-        w = build(name, 6000)
+        w = build(name, 3000)
         t_submit = now_ns()
         got = client.compute(w.layers, w.outputs, encoding="layers", timeout=120)
         t_done = now_ns()
@@ -143,7 +143,7 @@ def test_graphs_run_across_hosts_and_move_dependencies_between_workers(
         graphs_run: dict[str, Any]) -> None:
     """From the client host: a task reads two results computed on the two worker hosts (one
     of them crossed between workers), and the reduction, shuffle and elementwise workloads
-    (6,000 tasks, as layers) give the values of their in-process evaluation."""
+    (3,000 tasks, as layers) give the values of their in-process evaluation."""
     out = graphs_run
     x_host, y_host, z_host = out["pair"]
     assert {x_host, y_host} == {"w0", "w1"}  # each ran on its own host
