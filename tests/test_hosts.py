@@ -158,14 +158,16 @@ def test_clock_offsets_are_estimated_between_hosts(graphs_run: dict[str, Any]) -
     estimates the offset from its greeting's round trip instead of assuming a shared clock:
     the estimate is not exactly 0 and is at most half that round trip away from the true
     offset, which is 0 (one kernel). Worker spans of the last graph, shifted by the workers'
-    own estimates and then the client's, fall inside that run on the client's clock, within
-    the same error."""
+    own estimates and then the client's, start inside that run on the client's clock, within
+    the same error (they may end after it: a worker still tidies up once the client has its
+    result)."""
     out = graphs_run
     err = out["connect_ns"]
     assert out["offset_ns"] != 0
     assert abs(out["offset_ns"]) <= err / 2
     (t_submit, t_done), (first, last) = out["last_run"], out["span_range"]
-    assert t_submit - err <= first <= last <= t_done + err, (out, err)
+    assert t_submit - err <= first <= t_done + err, (out, err)
+    assert first <= last
 
 
 _REFUSED = """
