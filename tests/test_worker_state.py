@@ -19,6 +19,7 @@ from scheduler.state.worker import (
     Execute,
     ExecutedEvent,
     FetchData,
+    ForgetGraphEvent,
     ReleaseDataEvent,
     ReportDataLost,
     ReportErred,
@@ -148,6 +149,22 @@ def test_missing_dependencies_are_fetched_with_one_request_per_peer() -> None:
     out = ws.handle(DataFetchedEvent(stimulus_id="f6", peer=6, values={101: 1, 103: 3}))
     [ex] = of(out, Execute)
     assert [(t[0], t[2]) for t in ex.tasks] == [(1, [10, 1]), (3, [3])]
+
+
+def test_a_dependency_moved_to_another_holder_is_fetched_from_it() -> None:
+    """Task 1 waits for ``100`` from peer 5, which died without answering. The scheduler
+    cancels task 1 and sends it again naming peer 7 (where it computed ``100`` again): the
+    worker asks peer 7 at once instead of waiting on peer 5, and peer 5's late "missing"
+    answer (its connection ended) loses nothing: peer 7's value runs the task."""
+    ws = WorkerState()
+    [f5] = of(ws.handle(compute([1], deps=[[100]], holders=[[5]])), FetchData)
+    ws.handle(CancelTasksEvent(stimulus_id="cancel", ids=np.asarray([1])))
+    [f7] = of(ws.handle(compute([1], deps=[[100]], holders=[[7]])), FetchData)
+    assert (f5.peer, f5.ids, f7.peer, f7.ids) == (5, [100], 7, [100])
+    out = ws.handle(DataFetchedEvent(stimulus_id="f5", peer=5, values={}, missing=[100]))
+    assert not of(out, ReportDataLost) and ws.fetching == {100: 7}
+    [ex] = of(ws.handle(DataFetchedEvent(stimulus_id="f7", peer=7, values={100: 4})), Execute)
+    assert [(t[0], t[2]) for t in ex.tasks] == [(1, [4])]
 
 
 def test_data_a_peer_does_not_have_is_reported_lost() -> None:
@@ -282,6 +299,19 @@ def test_a_task_sent_twice_runs_once() -> None:
     assert [r.ids for r in of(again, ReportFinished)] == [[1]]
     assert of(ws.handle(execute(ex2)), Execute) == []
     assert ws.idle and ws.executed == 2
+
+
+def test_results_left_of_a_forgotten_graph_are_dropped() -> None:
+    """Task 11 ran and was cancelled after it ran (the scheduler dropped its report as stale
+    and never sent it again): its result stays until the scheduler forgets its graph (ids
+    10..19), then goes; results of other graphs stay."""
+    ws = WorkerState(nthreads=1, max_batch=4)
+    [ex] = of(ws.handle(compute([11, 25])), Execute)
+    ws.handle(execute(ex))
+    assert ws.handle(CancelTasksEvent(stimulus_id="cancel", ids=np.asarray([11]))) == []
+    assert set(ws.data) == {11, 25}
+    ws.handle(ForgetGraphEvent(stimulus_id="forget", base=10, n=10))
+    assert set(ws.data) == {25}
 
 
 def test_bad_input_is_refused() -> None:

@@ -273,16 +273,32 @@ class Client:
                                 f"{type(graph).__name__}")
             names = list(output_layers) if output_layers is not None else \
                 _whole_layers(graph, outputs or [])
-            return self._sync(self._run_layers(graph, names, release, progress,
-                                               task_progress), timeout)
+            return self._sync_graph(self._run_layers(graph, names, release, progress,
+                                                     task_progress), timeout)
         if outputs is None:
             raise TypeError("outputs (the keys wanted) are required")
         if isinstance(graph, LayerGraph):
             with self.recorder.span(Stage.generate) as sp:
                 graph = graph.lower()
                 sp.tasks = graph.n
-        return self._sync(self._run(graph, list(outputs), encoding, release, progress,
-                                    task_progress), timeout)
+        return self._sync_graph(self._run(graph, list(outputs), encoding, release, progress,
+                                          task_progress), timeout)
+
+    def _sync_graph(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """``_sync`` for a graph: a timeout says what the cluster was doing meanwhile (a
+        cluster left without workers cannot finish anything)."""
+        try:
+            return self._sync(coro, timeout)
+        except TimeoutError as e:
+            try:
+                info = self._sync(self._ask("info"), 5)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                raise e from None
+            why = (f"; the scheduler holds {info['tasks']} tasks of {info['graphs']} graphs "
+                   f"and has {info['workers']} workers")
+            if not info["workers"]:
+                why += " (nothing runs until a worker joins)"
+            raise TimeoutError(f"{e}{why}") from None
 
     async def _run_layers(self, layers: LayerGraph, names: list[str], release: bool,
                           progress: Callable[[int, int], None] | None,

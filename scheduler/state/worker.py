@@ -297,8 +297,10 @@ class WorkerState:
                     del self.waiters[d]
 
     def _forget(self, lo: int, hi: int) -> None:
-        for t in [t for t in self.data if lo <= t < hi and t not in self.fetched_users]:
-            del self.data[t]
+        data = self.data
+        ids = range(lo, hi) if hi - lo < len(data) else list(data)  # the fewer to look at
+        for t in [t for t in ids if lo <= t < hi and t in data and t not in self.fetched_users]:
+            del data[t]
 
     def _unuse(self, d: int) -> None:
         n = self.fetched_users.get(d)
