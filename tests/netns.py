@@ -47,8 +47,8 @@ def _ip(*args: str) -> None:
 
 
 class Hosts:
-    def __init__(self, names: list[str]) -> None:
-        self.prefix = f"sc{os.getpid()}"
+    def __init__(self, names: list[str], tag: str = "") -> None:
+        self.prefix = f"sc{os.getpid()}{tag}"  # ``tag`` tells apart sets that live at once
         self.bridge = f"{self.prefix}-br"
         self.names = list(names)
         self.address = {n: f"{SUBNET}.{i + 1}" for i, n in enumerate(self.names)}

@@ -293,6 +293,54 @@ def test_dask_distributed_backend_against_a_cluster_of_dask_commands(tmp_path: P
                 p.wait(10)
 
 
+_DASK_WORKERS = """
+    import json, sys
+    from distributed import Client
+
+    with Client(sys.argv[1], timeout="60s") as c:
+        c.wait_for_workers(int(sys.argv[2]), timeout=120)
+        print(json.dumps(sorted(c.scheduler_info()["workers"])))
+"""
+
+
+@pytest.mark.slow
+@needs_netns
+def test_dask_distributed_backend_against_dask_commands_on_hosts_of_their_own(
+        tmp_path: Path) -> None:
+    """The same across namespaces: ``dask scheduler`` on one host, a ``dask worker`` on each
+    of two others, and ``stagecost run -b dask-distributed --scheduler-address`` on a fourth.
+    The run succeeds, the workers it saw are at the namespaces' addresses (no loopback), and
+    the cluster is still there afterwards."""
+    dask = DASK_COMMAND
+    if dask is None:
+        pytest.skip("Dask's 'dask' command is not installed next to this Python")
+    with Hosts(["dsched", "dw0", "dw1", "dclient"], tag="d") as h:
+        env = {**os.environ, **cluster_env(), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+        address = f"tcp://{h.address['dsched']}:{PORT}"
+        h.popen("dsched", [dask, "scheduler", "--host", h.address["dsched"], "--port",
+                           str(PORT), "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)
+        for name in ("dw0", "dw1"):
+            h.popen(name, [dask, "worker", address, "--nthreads", "1", "--no-dashboard",
+                           "--host", h.address[name]], env=env, stderr=subprocess.DEVNULL)
+        script = textwrap.dedent(_DASK_WORKERS)
+        seen = h.run("dclient", _python("-c", script, address, "2"), 180, env=env)
+        assert seen.returncode == 0, seen.stderr[-3000:]
+        workers = json.loads(seen.stdout.strip().splitlines()[-1])
+        assert sorted(w.rsplit(":", 1)[0] for w in workers) == [
+            f"tcp://{h.address['dw0']}", f"tcp://{h.address['dw1']}"]
+        r = h.run("dclient", _python(
+            "-m", "harness.cli", "run", "-w", "reduction", "-n", "2000", "-b",
+            "dask-distributed", "--scheduler-address", address, "-r", "1", "--warmups", "0",
+            "--no-store", "-o", str(tmp_path / "run"), "--timeout", "240"), 300, env=env,
+            cwd=str(tmp_path))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        runs = (tmp_path / "run" / "runs.csv").read_text()
+        assert "dask-distributed" in runs and "reduction" in runs
+        again = h.run("dclient", _python("-c", script, address, "2"), 120, env=env)
+        assert again.returncode == 0 and json.loads(
+            again.stdout.strip().splitlines()[-1]) == workers  # attached and detached
+
+
 def _wait_dask_workers(address: str, n: int, timeout: float) -> int:
     from distributed import Client as DaskClient
 
