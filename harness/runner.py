@@ -11,7 +11,9 @@ Rules (in the manner of pyperf):
   the order they ran, ``recorded`` says which), so that every configuration measures what
   recording costs it (``record_overhead`` in runs.csv: median wall time on / off - 1) and wall
   times come from runs that recorded nothing. With recording off (``--no-record``) or
-  ``Cell.overhead`` false (a profile) all repeats are of the one kind.
+  ``Cell.overhead`` false (a profile) all repeats are of the one kind. Before each measured
+  repeat a fixed piece of work is timed (``machine_check.calibrate``, ``calibration_s``): how
+  fast the machine was just then.
 - Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
   terminal, plain lines otherwise. Children send their progress to the parent as events.
 - Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
@@ -40,6 +42,7 @@ import pandas as pd
 
 from harness.backends import BACKENDS, make_backend
 from harness.backends.base import BackendError, RunOptions
+from harness.machine_check import calibrate
 from harness.measure import PEAK_RSS_COLUMNS, run_row, span_rows, stage_rows
 from harness.progress import CellPlan, Events, GridProgress, PlainEvents
 from harness.user_workloads import WorkloadError, build_any, graph_failed
@@ -139,6 +142,8 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 "" if record else " (recording off)")
             try:
                 backend.set_record(record)
+                # how fast the machine is just now (compare withholds verdicts it changed)
+                calibration = None if warm else calibrate()
                 events.started(what, workload.n_tasks)
                 peak_rss(reset=True)  # this process is the client: a new peak per run
                 m = backend.run_once(workload, progress=events)
@@ -159,7 +164,8 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
             if record:  # recording off measured no stage: no stage rows at all
                 out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
-            out["runs"].append({**run_row(m, key), "recorded": record})
+            out["runs"].append({**run_row(m, key), "recorded": record,
+                                "calibration_s": calibration})
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
         if hooks is not None:

@@ -20,8 +20,13 @@ Rules of this module:
 - Marks: ``+`` worse (ratio > factor and significant), ``-`` better (ratio < 1 / factor and
   significant), ``~`` otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
   lacks the stage (not applicable, or an unknown time to first task). ``verdict`` says the
-  same in words. ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if
-  any row is ``?``; else 0.
+  same in words.
+- The machine: when the runs' calibrations (``machine_check``) show that the machine itself
+  was faster or slower beyond the factor during B, a ``+`` or ``-`` could be the machine's,
+  so ``withhold_for_machine`` turns it into ``!`` (machine changed: rerun both close
+  together), saying by how much the machine changed.
+- ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if any row is ``?``
+  or ``!``; else 0.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from harness.exit_codes import ExitCode
+from harness.machine_check import MachineChange, machine_change
 from harness.report.figures import ratio_figure, save_figure
 from harness.report.markup import (
     Block,
@@ -64,7 +70,9 @@ __all__ = [
     "compare_runs",
     "compare_text",
     "exit_code",
+    "machine_of",
     "render_compare",
+    "withhold_for_machine",
 ]
 
 COMPARE_COLUMNS: tuple[str, ...] = (
@@ -78,7 +86,7 @@ ALPHA = 0.01
 """Significance level of the rank test, and 1 - confidence of the ratio interval."""
 
 MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant",
-              "?": "not enough repeats", "n/a": "not applicable"}
+              "?": "not enough repeats", "!": "machine changed", "n/a": "not applicable"}
 """What each mark means, in words."""
 
 _KEY = ["backend", "workload", "n_tasks", "stage"]
@@ -187,19 +195,48 @@ def compare_runs(a_dir: Path | str, b_dir: Path | str, factor: float = 1.10) -> 
     """Read two run folders and compare them (A before, B after); columns ``COMPARE_COLUMNS``.
 
     Raises ``schema.RunFolderError`` if either folder is bad, ``NothingToCompare`` if they
-    share no configuration.
+    share no configuration. Verdicts the machine's own change could explain are withheld
+    (``withhold_for_machine``).
     """
     a, b = read_run(a_dir), read_run(b_dir)
-    return compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
-                            factor=factor, names=(a.name, b.name))
+    table = compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
+                             factor=factor, names=(a.name, b.name))
+    return withhold_for_machine(table, machine_of(a.runs, b.runs, factor))
+
+
+def machine_of(a_runs: pd.DataFrame, b_runs: pd.DataFrame,
+               factor: float = 1.10) -> MachineChange | None:
+    """The calibrations of two runs' ``runs.csv`` compared (None if either has none)."""
+    def calibrations(runs: pd.DataFrame) -> list[float]:
+        if "calibration_s" not in runs:
+            return []
+        return pd.to_numeric(runs["calibration_s"], errors="coerce").dropna().tolist()
+
+    return machine_change(calibrations(a_runs), calibrations(b_runs), factor, ALPHA)
+
+
+def withhold_for_machine(table: pd.DataFrame, change: MachineChange | None) -> pd.DataFrame:
+    """``table`` with its ``+`` and ``-`` rows marked ``!`` when ``change`` says the machine
+    itself changed beyond the factor (unchanged otherwise)."""
+    if change is None or not change.changed:
+        return table
+    out = table.copy()
+    decided = out["mark"].isin(["+", "-"])
+    out.loc[decided, "verdict"] = [
+        f"{MARK_WORDS[m]} by x{r:.3g}, but {change.describe()}: not decided, rerun both "
+        f"close together" for m, r in zip(out.loc[decided, "mark"], out.loc[decided, "ratio"],
+                                          strict=True)]
+    out.loc[decided, "mark"] = "!"
+    return out
 
 
 def exit_code(table: pd.DataFrame) -> int:
     """``ExitCode.REGRESSION`` (2) if any row is marked ``+``; else ``ExitCode.INCOMPLETE``
-    (3) if any row is ``?`` (not enough repeats to decide); else ``ExitCode.OK`` (0)."""
+    (3) if any row is ``?`` (not enough repeats to decide) or ``!`` (the machine changed);
+    else ``ExitCode.OK`` (0)."""
     if (table["mark"] == "+").any():
         return int(ExitCode.REGRESSION)
-    if (table["mark"] == "?").any():
+    if table["mark"].isin(["?", "!"]).any():
         return int(ExitCode.INCOMPLETE)
     return int(ExitCode.OK)
 
@@ -222,6 +259,10 @@ def _tally(table: pd.DataFrame) -> str:
         text += (f". {len(undecided)} row(s) cannot be decided with these repeats: run at "
                  f"least {int(undecided['repeats_needed'].max())} repeats per side (-r) for "
                  "a verdict")
+    withheld = table[table["mark"] == "!"]
+    if not withheld.empty:
+        text += (f". {len(withheld)} verdict(s) withheld: "
+                 f"{str(withheld['verdict'].iloc[0]).split(', but ', 1)[-1]}")
     return text
 
 
@@ -237,7 +278,9 @@ def _blocks(table: pd.DataFrame, a_name: str, b_name: str, factor: float,
         Para(f"ratio = median(B) / median(A), with its {1 - ALPHA:.0%} confidence interval "
              f"(ci) and the range over all pairs of repeats. + worse: ratio > {factor:g} and "
              f"significant; - better: ratio < 1/{factor:g} and significant; ~ not "
-             f"significant (or within the factor); ? not enough repeats to decide; n/a: a "
+             f"significant (or within the factor); ? not enough repeats to decide; ! the "
+             f"machine itself changed speed beyond the factor (a fixed calibration loop "
+             f"timed before every repeat), so a verdict is withheld; n/a: a "
              f"side lacks the stage. Significance: two-sided Mann-Whitney U, p < {ALPHA:g}. "
              "Wall times come from the repeats run with stage recording off, stages from "
              "those with it on."),
