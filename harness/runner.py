@@ -13,7 +13,8 @@ Rules (in the manner of pyperf):
   times come from runs that recorded nothing. With recording off (``--no-record``) or
   ``Cell.overhead`` false (a profile) all repeats are of the one kind. Before each measured
   repeat a fixed piece of work is timed (``machine_check.calibrate``, ``calibration_s``): how
-  fast the machine was just then.
+  fast the machine was just then; during it, the CPU other processes used is measured
+  (``other_load``, in cores).
 - Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
   terminal, plain lines otherwise. Children send their progress to the parent as events.
 - Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
@@ -42,7 +43,7 @@ import pandas as pd
 
 from harness.backends import BACKENDS, make_backend
 from harness.backends.base import BackendError, RunOptions
-from harness.machine_check import calibrate
+from harness.machine_check import LoadProbe, calibrate
 from harness.measure import PEAK_RSS_COLUMNS, run_row, span_rows, stage_rows
 from harness.progress import CellPlan, Events, GridProgress, PlainEvents
 from harness.user_workloads import WorkloadError, build_any, graph_failed
@@ -133,6 +134,7 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
             hooks.started(backend)
         modes = cell.modes()
         total = cell.warmups + len(modes)
+        probe = LoadProbe()
         # built once: a workload is data, every run builds its graph afresh from it
         workload = build_any(cell.workload, cell.n_tasks, cell.source)
         for i in range(total):
@@ -146,7 +148,9 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 calibration = None if warm else calibrate()
                 events.started(what, workload.n_tasks)
                 peak_rss(reset=True)  # this process is the client: a new peak per run
+                probe.start()
                 m = backend.run_once(workload, progress=events)
+                other_load = probe.stop()
                 m.peak_rss.setdefault("client", peak_rss())
             except KeyboardInterrupt:
                 out["interrupted"] = True
@@ -165,7 +169,7 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
             out["runs"].append({**run_row(m, key), "recorded": record,
-                                "calibration_s": calibration})
+                                "calibration_s": calibration, "other_load": other_load})
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
         if hooks is not None:

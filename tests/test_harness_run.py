@@ -118,8 +118,9 @@ def test_json_document_has_the_promised_keys(run: RunOutput) -> None:
     runs = doc.get("runs")
     # each backend's recorded repeats interleaved with as many unrecorded ones
     assert isinstance(runs, list) and len(runs) == len(BACKENDS) * REPEATS * 2
-    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "record_overhead"]
-               for r in runs)
+    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "calibration_s",
+                           "other_load", "record_overhead"] for r in runs)
+    assert all(r["calibration_s"] > 0 for r in runs)
     assert all(r["peak_rss_client_bytes"] > 0 for r in runs)
     assert sum(r["recorded"] for r in runs) == len(runs) // 2
     overhead = doc["record_overhead"]

@@ -21,10 +21,10 @@ Rules of this module:
   significant), ``~`` otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
   lacks the stage (not applicable, or an unknown time to first task). ``verdict`` says the
   same in words.
-- The machine: when the runs' calibrations (``machine_check``) show that the machine itself
-  was faster or slower beyond the factor during B, a ``+`` or ``-`` could be the machine's,
-  so ``withhold_for_machine`` turns it into ``!`` (machine changed: rerun both close
-  together), saying by how much the machine changed.
+- The machine: when the runs' calibrations or the other processes' load (``machine_check``)
+  show that the machine itself changed between A and B, a ``+`` or ``-`` could be the
+  machine's, so ``withhold_for_machine`` turns it into ``!`` (machine changed: rerun both
+  close together), saying how the machine changed.
 - ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if any row is ``?``
   or ``!``; else 0.
 """
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from harness.exit_codes import ExitCode
-from harness.machine_check import MachineChange, machine_change
+from harness.machine_check import load_change, machine_change
 from harness.report.figures import ratio_figure, save_figure
 from harness.report.markup import (
     Block,
@@ -204,28 +204,45 @@ def compare_runs(a_dir: Path | str, b_dir: Path | str, factor: float = 1.10) -> 
     return withhold_for_machine(table, machine_of(a.runs, b.runs, factor))
 
 
+LOAD_ALPHA = 0.05
+"""Level of the test on the other processes' load: a guard that withholds verdicts errs on
+the side of withholding."""
+
+
 def machine_of(a_runs: pd.DataFrame, b_runs: pd.DataFrame,
-               factor: float = 1.10) -> MachineChange | None:
-    """The calibrations of two runs' ``runs.csv`` compared (None if either has none)."""
-    def calibrations(runs: pd.DataFrame) -> list[float]:
-        if "calibration_s" not in runs:
+               factor: float = 1.10) -> list[str]:
+    """How the machine changed between two runs (``runs.csv`` of A and B): a sentence per
+    sign of change (``machine_check``: the calibration beyond the factor, the other
+    processes' load by ``LOAD_STEP`` cores); empty when neither changed or the runs lack
+    the columns (written before them)."""
+    def column(runs: pd.DataFrame, name: str) -> list[float]:
+        if name not in runs:
             return []
-        return pd.to_numeric(runs["calibration_s"], errors="coerce").dropna().tolist()
+        return pd.to_numeric(runs[name], errors="coerce").dropna().tolist()
 
-    return machine_change(calibrations(a_runs), calibrations(b_runs), factor, ALPHA)
+    out = []
+    calib = machine_change(column(a_runs, "calibration_s"), column(b_runs, "calibration_s"),
+                           factor, ALPHA)
+    if calib is not None and calib.changed:
+        out.append(calib.describe())
+    load = load_change(column(a_runs, "other_load"), column(b_runs, "other_load"), LOAD_ALPHA)
+    if load is not None and load.changed:
+        out.append(load.describe())
+    return out
 
 
-def withhold_for_machine(table: pd.DataFrame, change: MachineChange | None) -> pd.DataFrame:
-    """``table`` with its ``+`` and ``-`` rows marked ``!`` when ``change`` says the machine
-    itself changed beyond the factor (unchanged otherwise)."""
-    if change is None or not change.changed:
+def withhold_for_machine(table: pd.DataFrame, changes: list[str]) -> pd.DataFrame:
+    """``table`` with its ``+`` and ``-`` rows marked ``!`` when ``changes`` (``machine_of``)
+    says the machine itself changed (unchanged otherwise)."""
+    if not changes:
         return table
+    why = "; ".join(changes)
     out = table.copy()
     decided = out["mark"].isin(["+", "-"])
     out.loc[decided, "verdict"] = [
-        f"{MARK_WORDS[m]} by x{r:.3g}, but {change.describe()}: not decided, rerun both "
-        f"close together" for m, r in zip(out.loc[decided, "mark"], out.loc[decided, "ratio"],
-                                          strict=True)]
+        f"{MARK_WORDS[m]} by x{r:.3g}, but the machine changed: {why}; not decided, rerun "
+        f"both close together" for m, r in zip(out.loc[decided, "mark"],
+                                               out.loc[decided, "ratio"], strict=True)]
     out.loc[decided, "mark"] = "!"
     return out
 
@@ -279,8 +296,9 @@ def _blocks(table: pd.DataFrame, a_name: str, b_name: str, factor: float,
              f"(ci) and the range over all pairs of repeats. + worse: ratio > {factor:g} and "
              f"significant; - better: ratio < 1/{factor:g} and significant; ~ not "
              f"significant (or within the factor); ? not enough repeats to decide; ! the "
-             f"machine itself changed speed beyond the factor (a fixed calibration loop "
-             f"timed before every repeat), so a verdict is withheld; n/a: a "
+             f"machine itself changed (a fixed calibration loop timed before every repeat, "
+             f"or the CPU other processes used during the repeats), so a verdict is "
+             f"withheld; n/a: a "
              f"side lacks the stage. Significance: two-sided Mann-Whitney U, p < {ALPHA:g}. "
              "Wall times come from the repeats run with stage recording off, stages from "
              "those with it on."),
