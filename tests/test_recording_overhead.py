@@ -112,3 +112,17 @@ def test_a_configuration_with_one_kind_keeps_its_runs_for_wall_time() -> None:
     assert summary.loc["a", "wall_s_median"] == pytest.approx(1.0)
     assert summary.loc["b", "wall_s_median"] == pytest.approx(6.0)
     assert math.isnan(summary.loc["b", "record_overhead"])
+
+
+def test_the_headline_says_which_repeats_each_figure_comes_from() -> None:
+    from harness.report.render import headline_text
+
+    runs = _runs([("a", 0, 2.2, True), ("a", 1, 2.0, False), ("a", 2, 2.2, True),
+                  ("a", 3, 2.0, False)])
+    row = T.headline(T.stage_summary(pd.DataFrame(columns=[
+        "backend", "workload", "n_tasks", "repeat", "stage", "role", "seconds",
+        "us_per_task", "nbytes", "messages", "applicable"])), T.run_summary(runs)).iloc[0]
+    text = headline_text(row, history=False)
+    assert "first task after 0.01 s (recording on)" in text
+    assert "last result after 2 s (recording off)" in text
+    assert "recording overhead +10 %" in text

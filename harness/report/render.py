@@ -126,17 +126,20 @@ def headline_text(row: pd.Series, history: bool) -> str:
     """One sentence of the headline (``tables.headline`` row), numbers as the tables print
     them."""
     cfg = f"{row['backend']} · {row['workload']} · n={int(row['n_tasks']):,}"
-    parts = [f"first task after {format_value(row['time_to_first_task_s'])} s",
-             f"last result after {format_value(row['wall_s'])} s"]
+    overhead = row.get("record_overhead", float("nan"))
+    both = overhead == overhead  # not NaN: repeats with recording on and off
+    parts = [f"first task after {format_value(row['time_to_first_task_s'])} s"
+             + (" (recording on)" if both else ""),
+             f"last result after {format_value(row['wall_s'])} s"
+             + (" (recording off)" if both else "")]
     if row["top_stage"]:
         parts.append(f"{row['top_stage']} dominates with {format_value(row['top_stage_s'])} s "
                      f"busy, {_pct(row['top_share_of_wall'])} of wall")
     else:
         parts.append("stage recording was off")
-    overhead = row.get("record_overhead", float("nan"))
-    if overhead == overhead:  # not NaN: the run had repeats with recording on and off
-        parts.append(f"recording stages cost {_signed_pct(overhead)} of wall (wall times "
-                     f"are from the unrecorded repeats)")
+    if both:
+        parts.append(f"recording overhead {_signed_pct(overhead)} (median wall time with "
+                     f"recording on / off - 1)")
     text = f"{cfg}: " + "; ".join(parts) + "."
     if row["previous"]:
         text += (f" Biggest change against {row['previous']}: {row['change_stage']} "
