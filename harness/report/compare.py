@@ -204,16 +204,16 @@ def compare_runs(a_dir: Path | str, b_dir: Path | str, factor: float = 1.10) -> 
     return withhold_for_machine(table, machine_of(a.runs, b.runs, factor))
 
 
-LOAD_ALPHA = 0.05
-"""Level of the test on the other processes' load: a guard that withholds verdicts errs on
-the side of withholding."""
+GUARD_ALPHA = 0.05
+"""Level of the tests on the machine (calibration, other processes' load): a guard that
+withholds verdicts errs on the side of withholding."""
 
 
 def machine_of(a_runs: pd.DataFrame, b_runs: pd.DataFrame,
                factor: float = 1.10) -> list[str]:
     """How the machine changed between two runs (``runs.csv`` of A and B): a sentence per
     sign of change (``machine_check``: the calibration beyond the factor, the other
-    processes' load by ``LOAD_STEP`` cores); empty when neither changed or the runs lack
+    processes' load by ``LOAD_STEP`` cores; both tested at ``GUARD_ALPHA``); empty when neither changed or the runs lack
     the columns (written before them)."""
     def column(runs: pd.DataFrame, name: str) -> list[float]:
         if name not in runs:
@@ -222,10 +222,11 @@ def machine_of(a_runs: pd.DataFrame, b_runs: pd.DataFrame,
 
     out = []
     calib = machine_change(column(a_runs, "calibration_s"), column(b_runs, "calibration_s"),
-                           factor, ALPHA)
+                           factor, GUARD_ALPHA)
     if calib is not None and calib.changed:
         out.append(calib.describe())
-    load = load_change(column(a_runs, "other_load"), column(b_runs, "other_load"), LOAD_ALPHA)
+    load = load_change(column(a_runs, "other_load"), column(b_runs, "other_load"),
+                       GUARD_ALPHA)
     if load is not None and load.changed:
         out.append(load.describe())
     return out
