@@ -259,7 +259,8 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         stored = read_run(run_dir)  # rows exactly as stages.csv holds them
         summary = run_summary(stored.runs)[["backend", "workload", "n_tasks", "repeats",
                                             "wall_s_median", "recorded_repeats",
-                                            "wall_recorded_s_median", "record_overhead"]]
+                                            "wall_recorded_s_median", "record_overhead",
+                                            "record_overhead_cpu"]]
         doc = {"run_dir": str(run_dir),
                "rows": _records(stored.stages),
                "time_to_first_task_s": _median(recorded_runs(stored.runs),

@@ -73,27 +73,30 @@ def _own_seconds() -> float:
 
 class LoadProbe:
     """``start()`` before a run, ``stop()`` after it: the cores other processes used
-    meanwhile (None without ``/proc/stat``). Costs two reads of ``/proc`` per process of the
-    run's tree at each end, outside the run's own time."""
+    meanwhile (None without ``/proc/stat``); ``own_s`` is then the CPU seconds this process
+    and its children used (the run's own work, which a busy machine slows down far less than
+    it slows the wall time). Costs a read of ``/proc`` per process of the run's tree at each
+    end, outside the run's own time."""
 
     def __init__(self) -> None:
-        self._start: tuple[float, float, float] | None = None
+        self._start: tuple[float | None, float, float] | None = None
+        self.own_s: float | None = None
 
     def start(self) -> None:
-        busy = _busy_seconds()
-        self._start = None if busy is None else (busy, _own_seconds(), time.perf_counter())
+        self._start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        self.own_s = None
 
     def stop(self) -> float | None:
         if self._start is None:
             return None
-        busy = _busy_seconds()
-        if busy is None:
-            return None
         busy0, own0, t0 = self._start
+        own = _own_seconds() - own0
+        self.own_s = max(0.0, own)
+        busy = _busy_seconds()
         wall = time.perf_counter() - t0
-        if wall <= 0:
+        if busy is None or busy0 is None or wall <= 0:
             return None
-        others = (busy - busy0) - (_own_seconds() - own0)
+        others = (busy - busy0) - own
         # the kernel counts in ticks: over a short run the estimate jumps by whole ticks
         return min(max(0.0, others / wall), float(os.cpu_count() or 1))
 

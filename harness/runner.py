@@ -14,7 +14,8 @@ Rules (in the manner of pyperf):
   ``Cell.overhead`` false (a profile) all repeats are of the one kind. Before each measured
   repeat a fixed piece of work is timed (``machine_check.calibrate``, ``calibration_s``): how
   fast the machine was just then; during it, the CPU other processes used is measured
-  (``other_load``, in cores).
+  (``other_load``, in cores), and the CPU seconds of this process and its children
+  (``cpu_s``: the run's own work; a busy machine inflates it far less than wall time).
 - Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
   terminal, plain lines otherwise. Children send their progress to the parent as events.
 - Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
@@ -169,24 +170,27 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
             out["runs"].append({**run_row(m, key), "recorded": record,
-                                "calibration_s": calibration, "other_load": other_load})
+                                "calibration_s": calibration, "other_load": other_load,
+                                "cpu_s": probe.own_s})
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
         if hooks is not None:
             hooks.finished(backend)
     overhead = record_overhead(out["runs"])
+    cpu_overhead = record_overhead(out["runs"], "cpu_s")
     for row in out["runs"]:
         row["record_overhead"] = overhead
+        row["record_overhead_cpu"] = cpu_overhead
     return out
 
 
-def record_overhead(runs: list[dict[str, Any]]) -> float | None:
-    """Median wall time of the recorded runs over that of the unrecorded ones, minus 1
-    (0.05: recording made the runs 5 % slower); None without runs of both kinds."""
+def record_overhead(runs: list[dict[str, Any]], column: str = "wall_s") -> float | None:
+    """Median ``column`` (wall time) of the recorded runs over that of the unrecorded ones,
+    minus 1 (0.05: recording made the runs 5 % slower); None without runs of both kinds."""
     import statistics
 
-    on = [r["wall_s"] for r in runs if r["recorded"]]
-    off = [r["wall_s"] for r in runs if not r["recorded"]]
+    on = [r[column] for r in runs if r["recorded"] and r.get(column) is not None]
+    off = [r[column] for r in runs if not r["recorded"] and r.get(column) is not None]
     if not on or not off or statistics.median(off) <= 0:
         return None
     return statistics.median(on) / statistics.median(off) - 1.0

@@ -106,13 +106,17 @@ RUNS_OPTIONAL: Mapping[str, str] = MappingProxyType({
     "record_overhead": "float",
     "calibration_s": "float",
     "other_load": "float",
+    "cpu_s": "float",
+    "record_overhead_cpu": "float",
 })
 """Columns of ``runs.csv`` that runs written before them lack; typed like the others where
 present. ``recorded``: stage recording was on in that run. ``record_overhead``: for the run's
 configuration, median wall time of its recorded runs / that of its unrecorded ones - 1
 (empty without both kinds). ``calibration_s``: seconds a fixed piece of work took just before
-that run, ``other_load``: cores other processes used while it ran (``harness.machine_check``).
-A table without ``recorded`` reads as all recorded."""
+that run, ``other_load``: cores other processes used while it ran, ``cpu_s``: CPU seconds
+of stagecost and its cluster's processes during it (``harness.machine_check``),
+``record_overhead_cpu``: as ``record_overhead``, of ``cpu_s``. A table without ``recorded``
+reads as all recorded."""
 
 SPANS_COLUMNS: Mapping[str, str] = MappingProxyType({
     "backend": "str",
