@@ -17,8 +17,9 @@ Rules of this module:
   with enough repeats (``stats.min_two_sided_p`` < ``ALPHA``: 5 vs 5, 4 vs 6, 3 vs 9, ...);
   with fewer the row says "not enough repeats" and how many are needed (``repeats_needed``),
   instead of a verdict.
-- Marks: ``+`` worse (ratio > factor and significant), ``-`` better (ratio < 1 / factor and
-  significant), ``~`` otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
+- Marks: ``+`` worse (ratio > factor, significant, and for a stage a change of at least
+  ``MIN_CHANGE_OF_WALL`` of the wall time), ``-`` better (the same the other way), ``~``
+  otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
   lacks the stage (not applicable, or an unknown time to first task). ``verdict`` says the
   same in words.
 - The machine: when the runs' calibrations or the other processes' load (``machine_check``)
@@ -62,6 +63,7 @@ from harness.report.tables import measures, sort_rows
 __all__ = [
     "ALPHA",
     "COMPARE_COLUMNS",
+    "MIN_CHANGE_OF_WALL",
     "MARK_WORDS",
     "NothingToCompare",
     "compare_frames",
@@ -84,6 +86,12 @@ side that could decide a ``?`` row (0 on other rows)."""
 
 ALPHA = 0.01
 """Significance level of the rank test, and 1 - confidence of the ratio interval."""
+
+MIN_CHANGE_OF_WALL = 0.005
+"""A stage whose median changed by less than this share of the configuration's wall time
+(median of A) is never ``+`` or ``-``: a stage that takes 85 µs of a 4 s run and now takes
+112 µs is no regression anyone should chase, and on a shared machine such small stages are
+the rows that drift most. Wall time itself is never below it."""
 
 MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant",
               "?": "not enough repeats", "!": "machine changed", "n/a": "not applicable"}
@@ -113,7 +121,8 @@ def _spread(a: tuple[float, ...], b: tuple[float, ...]) -> dict[str, float]:
             "ratio_max": hi_b / lo_a if lo_a > 0 else math.nan}
 
 
-def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[str, object]:
+def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float,
+           floor: float = 0.0) -> dict[str, object]:
     spread = _spread(a, b)
     out: dict[str, object] = {**spread, "ci_low": math.nan, "ci_high": math.nan,
                               "p_value": math.nan, "repeats_needed": 0}
@@ -128,13 +137,19 @@ def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[st
     out["ci_low"], out["ci_high"] = ratio_interval(a, b, ALPHA)
     ratio, med_a, med_b = spread["ratio"], spread["median_a"], spread["median_b"]
     significant = p < ALPHA
-    if math.isfinite(ratio) and ratio > factor and significant and med_b > med_a:
+    material = abs(med_b - med_a) >= floor
+    if math.isfinite(ratio) and ratio > factor and significant and material and med_b > med_a:
         mark = "+"
-    elif math.isfinite(ratio) and ratio < 1.0 / factor and significant and med_b < med_a:
+    elif (math.isfinite(ratio) and ratio < 1.0 / factor and significant and material
+          and med_b < med_a):
         mark = "-"
     else:
         mark = "~"
-    if mark == "~" and significant:
+    if mark == "~" and significant and not material and (ratio > factor or
+                                                          ratio < 1.0 / factor):
+        verdict = (f"significant, but a change of under {MIN_CHANGE_OF_WALL:.1%} of the wall "
+                   f"time")
+    elif mark == "~" and significant:
         verdict = f"significant, but within the factor {factor:g}"
     else:
         verdict = MARK_WORDS[mark]
@@ -153,6 +168,7 @@ def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
     if not (factor >= 1.0 and math.isfinite(factor)):
         raise ValueError(f"factor must be a finite number >= 1 (e.g. 1.10), got {factor}")
     both = _sides(meas_a).merge(_sides(meas_b), on=_KEY, suffixes=("_a", "_b"))
+    walls = meas_a[meas_a["stage"] == "wall"].groupby(_KEY[:3])["seconds"].median()
     rows = []
     for row in both.itertuples(index=False):
         a, b = row.values_a, row.values_b
@@ -165,7 +181,9 @@ def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
                          "ratio_min": math.nan, "ratio_max": math.nan, "p_value": math.nan,
                          "mark": "n/a", "verdict": MARK_WORDS["n/a"], "repeats_needed": 0})
             continue
-        rows.append({**base, **_judge(a, b, factor)})
+        wall = float(walls.get((row.backend, row.workload, row.n_tasks), 0.0))
+        floor = 0.0 if row.stage == "wall" or math.isnan(wall) else MIN_CHANGE_OF_WALL * wall
+        rows.append({**base, **_judge(a, b, factor, floor)})
     out = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     for c in ("n_tasks", "repeats_a", "repeats_b", "repeats_needed"):
         out[c] = out[c].astype("int64")
