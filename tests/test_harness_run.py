@@ -121,7 +121,9 @@ def test_json_document_has_the_promised_keys(run: RunOutput) -> None:
     assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "calibration_s",
                            "other_load", "cpu_s", "record_overhead", "record_overhead_cpu"]
                for r in runs)
-    assert all(r["calibration_s"] > 0 and r["cpu_s"] > 0 for r in runs)
+    assert all(r["calibration_s"] > 0 and r["cpu_s"] >= 0 for r in runs)
+    # this process's own CPU time is read to the nanosecond: an in-process run has some
+    assert all(r["cpu_s"] > 0 for r in runs if r["backend"] == "reference-inproc")
     assert all(r["peak_rss_client_bytes"] > 0 for r in runs)
     assert sum(r["recorded"] for r in runs) == len(runs) // 2
     overhead = doc["record_overhead"]
