@@ -259,7 +259,8 @@ def _cmd_run(args: argparse.Namespace, profile: bool = False) -> int:
         stored = read_run(run_dir)  # rows exactly as stages.csv holds them
         summary = run_summary(stored.runs)[["backend", "workload", "n_tasks", "repeats",
                                             "wall_s_median", "recorded_repeats",
-                                            "wall_recorded_s_median", "record_overhead"]]
+                                            "wall_recorded_s_median", "record_overhead",
+                                            "record_overhead_cpu"]]
         doc = {"run_dir": str(run_dir),
                "rows": _records(stored.stages),
                "time_to_first_task_s": _median(recorded_runs(stored.runs),
@@ -345,7 +346,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.output_paths import prepare_folder
-    from harness.report.compare import compare_measures, compare_text, exit_code, render_compare
+    from harness.report.compare import (
+        compare_measures,
+        compare_text,
+        exit_code,
+        machine_of,
+        render_compare,
+        withhold_for_machine,
+    )
     from harness.report.tables import measures
     from harness.store.db import default_store_path
     from harness.store.refs import load_runs
@@ -357,6 +365,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     a, b = load_runs([args.a, args.b], default_store_path(args.store))
     table = compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
                              factor=args.factor, names=(a.name, b.name))
+    table = withhold_for_machine(table, machine_of(a.runs, b.runs, args.factor))
     if args.output is not None:
         render_compare(table, args.output, a.name, b.name, args.factor)
     if args.json:

@@ -19,7 +19,8 @@ class ExitCode(enum.IntEnum):
     ERROR = 1          # the work failed: unreadable run folder, nothing to compare, a crash
     REGRESSION = 2     # compare: something got significantly slower than the factor
     INCOMPLETE = 3     # run/profile: report written, some configurations failed; compare:
-    #                    nothing regressed, some rows had too few repeats to decide
+    #                    nothing regressed, some rows had too few repeats to decide or the
+    #                    machine itself changed speed between the runs
     USAGE = 64         # the command line is wrong (sysexits' EX_USAGE); nothing was run
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), what shells report for an interrupted command
 

@@ -11,7 +11,11 @@ Rules (in the manner of pyperf):
   the order they ran, ``recorded`` says which), so that every configuration measures what
   recording costs it (``record_overhead`` in runs.csv: median wall time on / off - 1) and wall
   times come from runs that recorded nothing. With recording off (``--no-record``) or
-  ``Cell.overhead`` false (a profile) all repeats are of the one kind.
+  ``Cell.overhead`` false (a profile) all repeats are of the one kind. Before each measured
+  repeat a fixed piece of work is timed (``machine_check.calibrate``, ``calibration_s``): how
+  fast the machine was just then; during it, the CPU other processes used is measured
+  (``other_load``, in cores), and the CPU seconds of this process and its children
+  (``cpu_s``: the run's own work; a busy machine inflates it far less than wall time).
 - Progress goes to stderr (``harness.progress``): a bar with the overall count and an ETA on a
   terminal, plain lines otherwise. Children send their progress to the parent as events.
 - Ctrl-C (SIGINT, to the parent alone or to the whole process group) stops the whole grid:
@@ -40,6 +44,7 @@ import pandas as pd
 
 from harness.backends import BACKENDS, make_backend
 from harness.backends.base import BackendError, RunOptions
+from harness.machine_check import LoadProbe, calibrate
 from harness.measure import PEAK_RSS_COLUMNS, run_row, span_rows, stage_rows
 from harness.progress import CellPlan, Events, GridProgress, PlainEvents
 from harness.user_workloads import WorkloadError, build_any, graph_failed
@@ -130,6 +135,7 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
             hooks.started(backend)
         modes = cell.modes()
         total = cell.warmups + len(modes)
+        probe = LoadProbe()
         # built once: a workload is data, every run builds its graph afresh from it
         workload = build_any(cell.workload, cell.n_tasks, cell.source)
         for i in range(total):
@@ -139,9 +145,13 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
                 "" if record else " (recording off)")
             try:
                 backend.set_record(record)
+                # how fast the machine is just now (compare withholds verdicts it changed)
+                calibration = None if warm else calibrate()
                 events.started(what, workload.n_tasks)
                 peak_rss(reset=True)  # this process is the client: a new peak per run
+                probe.start()
                 m = backend.run_once(workload, progress=events)
+                other_load = probe.stop()
                 m.peak_rss.setdefault("client", peak_rss())
             except KeyboardInterrupt:
                 out["interrupted"] = True
@@ -159,24 +169,28 @@ def run_cell(cell: Cell, stream: TextIO = sys.stderr, hooks: Any = None,
             if record:  # recording off measured no stage: no stage rows at all
                 out["stages"] += stage_rows(m, key, workload.n_tasks, backend.applicable)
             out["spans"] += span_rows(m, key)
-            out["runs"].append({**run_row(m, key), "recorded": record})
+            out["runs"].append({**run_row(m, key), "recorded": record,
+                                "calibration_s": calibration, "other_load": other_load,
+                                "cpu_s": probe.own_s})
             out["notes"] += m.notes
             out.setdefault("params", {})[cell.workload] = workload.params
         if hooks is not None:
             hooks.finished(backend)
     overhead = record_overhead(out["runs"])
+    cpu_overhead = record_overhead(out["runs"], "cpu_s")
     for row in out["runs"]:
         row["record_overhead"] = overhead
+        row["record_overhead_cpu"] = cpu_overhead
     return out
 
 
-def record_overhead(runs: list[dict[str, Any]]) -> float | None:
-    """Median wall time of the recorded runs over that of the unrecorded ones, minus 1
-    (0.05: recording made the runs 5 % slower); None without runs of both kinds."""
+def record_overhead(runs: list[dict[str, Any]], column: str = "wall_s") -> float | None:
+    """Median ``column`` (wall time) of the recorded runs over that of the unrecorded ones,
+    minus 1 (0.05: recording made the runs 5 % slower); None without runs of both kinds."""
     import statistics
 
-    on = [r["wall_s"] for r in runs if r["recorded"]]
-    off = [r["wall_s"] for r in runs if not r["recorded"]]
+    on = [r[column] for r in runs if r["recorded"] and r.get(column) is not None]
+    off = [r[column] for r in runs if not r["recorded"] and r.get(column) is not None]
     if not on or not off or statistics.median(off) <= 0:
         return None
     return statistics.median(on) / statistics.median(off) - 1.0

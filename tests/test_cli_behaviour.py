@@ -160,7 +160,7 @@ def _start(out: Path, cwd: Path
     env = {**os.environ, **cluster_env(), "STAGECOST_STORE": str(cwd / "store.sqlite")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", "-b", "reference", "-w", "elementwise",
-         "-w", "reduction", "-n", "50000", "-r", "30", "--warmups", "1", "-o", str(out)],
+         "-w", "reduction", "-n", "50000", "-r", "15", "--warmups", "1", "-o", str(out)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     lines: list[str] = []

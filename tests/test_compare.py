@@ -237,3 +237,16 @@ def test_renderings(tmp_path: Path) -> None:
     again = (html_path.read_bytes(), md_path.read_bytes(),
              (out / "figures" / "compare-ratio.png").read_bytes())
     assert first == again and len(first[2]) > 1000
+
+
+def test_a_stage_change_too_small_against_the_wall_time_is_not_a_regression() -> None:
+    wall = [4.0, 4.1, 3.9, 4.05, 3.95]
+    tiny = [85e-6, 86e-6, 84e-6, 85.5e-6, 84.5e-6]  # 85 µs of a 4 s run ...
+    a = measures_of({"optimize": tiny, "execute": [1.0, 1.01, 0.99, 1.02, 0.98],
+                     "wall": wall})
+    b = measures_of({"optimize": [t * 1.31 for t in tiny],  # ... now 112 µs
+                     "execute": [1.31, 1.32, 1.3, 1.33, 1.29], "wall": wall})
+    table = compare_frames(a, b).set_index("stage")
+    assert table.loc["optimize", "mark"] == "~"
+    assert "under 0.5% of the wall time" in table.loc["optimize", "verdict"]
+    assert table.loc["execute", "mark"] == "+"  # 0.31 s is no detail

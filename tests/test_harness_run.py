@@ -118,15 +118,20 @@ def test_json_document_has_the_promised_keys(run: RunOutput) -> None:
     runs = doc.get("runs")
     # each backend's recorded repeats interleaved with as many unrecorded ones
     assert isinstance(runs, list) and len(runs) == len(BACKENDS) * REPEATS * 2
-    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "record_overhead"]
+    assert all(list(r) == [*RUNS_COLUMNS, *PEAK_RSS_COLUMNS, "recorded", "calibration_s",
+                           "other_load", "cpu_s", "record_overhead", "record_overhead_cpu"]
                for r in runs)
+    assert all(r["calibration_s"] > 0 and r["cpu_s"] >= 0 for r in runs)
+    # this process's own CPU time is read to the nanosecond: an in-process run has some
+    assert all(r["cpu_s"] > 0 for r in runs if r["backend"] == "reference-inproc")
     assert all(r["peak_rss_client_bytes"] > 0 for r in runs)
     assert sum(r["recorded"] for r in runs) == len(runs) // 2
     overhead = doc["record_overhead"]
     assert isinstance(overhead, list)
     assert sorted(o["backend"] for o in overhead) == sorted(BACKENDS)
     assert all(o["repeats"] == REPEATS and o["recorded_repeats"] == REPEATS
-               and isinstance(o["record_overhead"], float) for o in overhead)
+               and isinstance(o["record_overhead"], float)
+               and isinstance(o["record_overhead_cpu"], float) for o in overhead)
 
 
 def test_rows_have_exactly_the_stages_columns(run: RunOutput) -> None:

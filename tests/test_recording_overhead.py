@@ -34,6 +34,10 @@ def test_a_cell_interleaves_recorded_and_unrecorded_repeats() -> None:
     off = sorted(r["wall_s"] for r in runs if not r["recorded"])
     expected = on[1] / off[1] - 1
     assert all(r["record_overhead"] == pytest.approx(expected) for r in runs)
+    cpu_on = sorted(r["cpu_s"] for r in runs if r["recorded"])
+    cpu_off = sorted(r["cpu_s"] for r in runs if not r["recorded"])
+    assert all(r["record_overhead_cpu"] == pytest.approx(cpu_on[1] / cpu_off[1] - 1)
+               for r in runs)
 
 
 def test_no_record_and_profiles_run_one_kind_of_repeat() -> None:
@@ -95,6 +99,9 @@ def test_wall_times_come_from_unrecorded_runs_and_first_task_from_recorded_ones(
     assert summary["wall_recorded_s_median"] == pytest.approx(2.1)
     assert summary["record_overhead"] == pytest.approx(2.1 / 1.1 - 1)
     assert summary["time_to_first_task_s_median"] == pytest.approx(0.01)
+    assert math.isnan(summary["record_overhead_cpu"])  # no cpu_s column
+    cpu = T.run_summary(runs.assign(cpu_s=[1.5, 1.0, 1.7, 1.2])).iloc[0]
+    assert cpu["record_overhead_cpu"] == pytest.approx(1.6 / 1.1 - 1)
 
 
 def test_runs_without_the_recorded_column_read_as_recorded() -> None:
@@ -112,3 +119,17 @@ def test_a_configuration_with_one_kind_keeps_its_runs_for_wall_time() -> None:
     assert summary.loc["a", "wall_s_median"] == pytest.approx(1.0)
     assert summary.loc["b", "wall_s_median"] == pytest.approx(6.0)
     assert math.isnan(summary.loc["b", "record_overhead"])
+
+
+def test_the_headline_says_which_repeats_each_figure_comes_from() -> None:
+    from harness.report.render import headline_text
+
+    runs = _runs([("a", 0, 2.2, True), ("a", 1, 2.0, False), ("a", 2, 2.2, True),
+                  ("a", 3, 2.0, False)])
+    row = T.headline(T.stage_summary(pd.DataFrame(columns=[
+        "backend", "workload", "n_tasks", "repeat", "stage", "role", "seconds",
+        "us_per_task", "nbytes", "messages", "applicable"])), T.run_summary(runs)).iloc[0]
+    text = headline_text(row, history=False)
+    assert "first task after 0.01 s (recording on)" in text
+    assert "last result after 2 s (recording off)" in text
+    assert "recording overhead +10 %" in text

@@ -104,11 +104,19 @@ RUNS_COLUMNS: Mapping[str, str] = MappingProxyType({
 RUNS_OPTIONAL: Mapping[str, str] = MappingProxyType({
     "recorded": "bool",
     "record_overhead": "float",
+    "calibration_s": "float",
+    "other_load": "float",
+    "cpu_s": "float",
+    "record_overhead_cpu": "float",
 })
 """Columns of ``runs.csv`` that runs written before them lack; typed like the others where
 present. ``recorded``: stage recording was on in that run. ``record_overhead``: for the run's
 configuration, median wall time of its recorded runs / that of its unrecorded ones - 1
-(empty without both kinds). A table without ``recorded`` reads as all recorded."""
+(empty without both kinds). ``calibration_s``: seconds a fixed piece of work took just before
+that run, ``other_load``: cores other processes used while it ran, ``cpu_s``: CPU seconds
+of stagecost and its cluster's processes during it (``harness.machine_check``),
+``record_overhead_cpu``: as ``record_overhead``, of ``cpu_s``. A table without ``recorded``
+reads as all recorded."""
 
 SPANS_COLUMNS: Mapping[str, str] = MappingProxyType({
     "backend": "str",

@@ -17,11 +17,17 @@ Rules of this module:
   with enough repeats (``stats.min_two_sided_p`` < ``ALPHA``: 5 vs 5, 4 vs 6, 3 vs 9, ...);
   with fewer the row says "not enough repeats" and how many are needed (``repeats_needed``),
   instead of a verdict.
-- Marks: ``+`` worse (ratio > factor and significant), ``-`` better (ratio < 1 / factor and
-  significant), ``~`` otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
+- Marks: ``+`` worse (ratio > factor, significant, and for a stage a change of at least
+  ``MIN_CHANGE_OF_WALL`` of the wall time), ``-`` better (the same the other way), ``~``
+  otherwise, ``?`` not enough repeats to decide, ``n/a`` when either side
   lacks the stage (not applicable, or an unknown time to first task). ``verdict`` says the
-  same in words. ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if
-  any row is ``?``; else 0.
+  same in words.
+- The machine: when the runs' calibrations or the other processes' load (``machine_check``)
+  show that the machine itself changed between A and B, a ``+`` or ``-`` could be the
+  machine's, so ``withhold_for_machine`` turns it into ``!`` (machine changed: rerun both
+  close together), saying how the machine changed.
+- ``exit_code``: 2 (regression) if any row is ``+``; else 3 (incomplete) if any row is ``?``
+  or ``!``; else 0.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from harness.exit_codes import ExitCode
+from harness.machine_check import load_change, machine_change
 from harness.report.figures import ratio_figure, save_figure
 from harness.report.markup import (
     Block,
@@ -56,6 +63,7 @@ from harness.report.tables import measures, sort_rows
 __all__ = [
     "ALPHA",
     "COMPARE_COLUMNS",
+    "MIN_CHANGE_OF_WALL",
     "MARK_WORDS",
     "NothingToCompare",
     "compare_frames",
@@ -64,7 +72,9 @@ __all__ = [
     "compare_runs",
     "compare_text",
     "exit_code",
+    "machine_of",
     "render_compare",
+    "withhold_for_machine",
 ]
 
 COMPARE_COLUMNS: tuple[str, ...] = (
@@ -77,8 +87,14 @@ side that could decide a ``?`` row (0 on other rows)."""
 ALPHA = 0.01
 """Significance level of the rank test, and 1 - confidence of the ratio interval."""
 
+MIN_CHANGE_OF_WALL = 0.005
+"""A stage whose median changed by less than this share of the configuration's wall time
+(median of A) is never ``+`` or ``-``: a stage that takes 85 µs of a 4 s run and now takes
+112 µs is no regression anyone should chase, and on a shared machine such small stages are
+the rows that drift most. Wall time itself is never below it."""
+
 MARK_WORDS = {"+": "worse", "-": "better", "~": "not significant",
-              "?": "not enough repeats", "n/a": "not applicable"}
+              "?": "not enough repeats", "!": "machine changed", "n/a": "not applicable"}
 """What each mark means, in words."""
 
 _KEY = ["backend", "workload", "n_tasks", "stage"]
@@ -105,7 +121,8 @@ def _spread(a: tuple[float, ...], b: tuple[float, ...]) -> dict[str, float]:
             "ratio_max": hi_b / lo_a if lo_a > 0 else math.nan}
 
 
-def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[str, object]:
+def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float,
+           floor: float = 0.0) -> dict[str, object]:
     spread = _spread(a, b)
     out: dict[str, object] = {**spread, "ci_low": math.nan, "ci_high": math.nan,
                               "p_value": math.nan, "repeats_needed": 0}
@@ -120,13 +137,19 @@ def _judge(a: tuple[float, ...], b: tuple[float, ...], factor: float) -> dict[st
     out["ci_low"], out["ci_high"] = ratio_interval(a, b, ALPHA)
     ratio, med_a, med_b = spread["ratio"], spread["median_a"], spread["median_b"]
     significant = p < ALPHA
-    if math.isfinite(ratio) and ratio > factor and significant and med_b > med_a:
+    material = abs(med_b - med_a) >= floor
+    if math.isfinite(ratio) and ratio > factor and significant and material and med_b > med_a:
         mark = "+"
-    elif math.isfinite(ratio) and ratio < 1.0 / factor and significant and med_b < med_a:
+    elif (math.isfinite(ratio) and ratio < 1.0 / factor and significant and material
+          and med_b < med_a):
         mark = "-"
     else:
         mark = "~"
-    if mark == "~" and significant:
+    if mark == "~" and significant and not material and (ratio > factor or
+                                                          ratio < 1.0 / factor):
+        verdict = (f"significant, but a change of under {MIN_CHANGE_OF_WALL:.1%} of the wall "
+                   f"time")
+    elif mark == "~" and significant:
         verdict = f"significant, but within the factor {factor:g}"
     else:
         verdict = MARK_WORDS[mark]
@@ -145,6 +168,7 @@ def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
     if not (factor >= 1.0 and math.isfinite(factor)):
         raise ValueError(f"factor must be a finite number >= 1 (e.g. 1.10), got {factor}")
     both = _sides(meas_a).merge(_sides(meas_b), on=_KEY, suffixes=("_a", "_b"))
+    walls = meas_a[meas_a["stage"] == "wall"].groupby(_KEY[:3])["seconds"].median()
     rows = []
     for row in both.itertuples(index=False):
         a, b = row.values_a, row.values_b
@@ -157,7 +181,9 @@ def compare_frames(meas_a: pd.DataFrame, meas_b: pd.DataFrame,
                          "ratio_min": math.nan, "ratio_max": math.nan, "p_value": math.nan,
                          "mark": "n/a", "verdict": MARK_WORDS["n/a"], "repeats_needed": 0})
             continue
-        rows.append({**base, **_judge(a, b, factor)})
+        wall = float(walls.get((row.backend, row.workload, row.n_tasks), 0.0))
+        floor = 0.0 if row.stage == "wall" or math.isnan(wall) else MIN_CHANGE_OF_WALL * wall
+        rows.append({**base, **_judge(a, b, factor, floor)})
     out = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     for c in ("n_tasks", "repeats_a", "repeats_b", "repeats_needed"):
         out[c] = out[c].astype("int64")
@@ -187,19 +213,66 @@ def compare_runs(a_dir: Path | str, b_dir: Path | str, factor: float = 1.10) -> 
     """Read two run folders and compare them (A before, B after); columns ``COMPARE_COLUMNS``.
 
     Raises ``schema.RunFolderError`` if either folder is bad, ``NothingToCompare`` if they
-    share no configuration.
+    share no configuration. Verdicts the machine's own change could explain are withheld
+    (``withhold_for_machine``).
     """
     a, b = read_run(a_dir), read_run(b_dir)
-    return compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
-                            factor=factor, names=(a.name, b.name))
+    table = compare_measures(measures(a.stages, a.runs), measures(b.stages, b.runs),
+                             factor=factor, names=(a.name, b.name))
+    return withhold_for_machine(table, machine_of(a.runs, b.runs, factor))
+
+
+GUARD_ALPHA = 0.05
+"""Level of the tests on the machine (calibration, other processes' load): a guard that
+withholds verdicts errs on the side of withholding."""
+
+
+def machine_of(a_runs: pd.DataFrame, b_runs: pd.DataFrame,
+               factor: float = 1.10) -> list[str]:
+    """How the machine changed between two runs (``runs.csv`` of A and B): a sentence per
+    sign of change (``machine_check``: the calibration beyond the factor, the other
+    processes' load by ``LOAD_STEP`` cores; both tested at ``GUARD_ALPHA``); empty when neither changed or the runs lack
+    the columns (written before them)."""
+    def column(runs: pd.DataFrame, name: str) -> list[float]:
+        if name not in runs:
+            return []
+        return pd.to_numeric(runs[name], errors="coerce").dropna().tolist()
+
+    out = []
+    calib = machine_change(column(a_runs, "calibration_s"), column(b_runs, "calibration_s"),
+                           factor, GUARD_ALPHA)
+    if calib is not None and calib.changed:
+        out.append(calib.describe())
+    load = load_change(column(a_runs, "other_load"), column(b_runs, "other_load"),
+                       GUARD_ALPHA)
+    if load is not None and load.changed:
+        out.append(load.describe())
+    return out
+
+
+def withhold_for_machine(table: pd.DataFrame, changes: list[str]) -> pd.DataFrame:
+    """``table`` with its ``+`` and ``-`` rows marked ``!`` when ``changes`` (``machine_of``)
+    says the machine itself changed (unchanged otherwise)."""
+    if not changes:
+        return table
+    why = "; ".join(changes)
+    out = table.copy()
+    decided = out["mark"].isin(["+", "-"])
+    out.loc[decided, "verdict"] = [
+        f"{MARK_WORDS[m]} by x{r:.3g}, but the machine changed: {why}; not decided, rerun "
+        f"both close together" for m, r in zip(out.loc[decided, "mark"],
+                                               out.loc[decided, "ratio"], strict=True)]
+    out.loc[decided, "mark"] = "!"
+    return out
 
 
 def exit_code(table: pd.DataFrame) -> int:
     """``ExitCode.REGRESSION`` (2) if any row is marked ``+``; else ``ExitCode.INCOMPLETE``
-    (3) if any row is ``?`` (not enough repeats to decide); else ``ExitCode.OK`` (0)."""
+    (3) if any row is ``?`` (not enough repeats to decide) or ``!`` (the machine changed);
+    else ``ExitCode.OK`` (0)."""
     if (table["mark"] == "+").any():
         return int(ExitCode.REGRESSION)
-    if (table["mark"] == "?").any():
+    if table["mark"].isin(["?", "!"]).any():
         return int(ExitCode.INCOMPLETE)
     return int(ExitCode.OK)
 
@@ -222,6 +295,10 @@ def _tally(table: pd.DataFrame) -> str:
         text += (f". {len(undecided)} row(s) cannot be decided with these repeats: run at "
                  f"least {int(undecided['repeats_needed'].max())} repeats per side (-r) for "
                  "a verdict")
+    withheld = table[table["mark"] == "!"]
+    if not withheld.empty:
+        text += (f". {len(withheld)} verdict(s) withheld: "
+                 f"{str(withheld['verdict'].iloc[0]).split(', but ', 1)[-1]}")
     return text
 
 
@@ -237,7 +314,10 @@ def _blocks(table: pd.DataFrame, a_name: str, b_name: str, factor: float,
         Para(f"ratio = median(B) / median(A), with its {1 - ALPHA:.0%} confidence interval "
              f"(ci) and the range over all pairs of repeats. + worse: ratio > {factor:g} and "
              f"significant; - better: ratio < 1/{factor:g} and significant; ~ not "
-             f"significant (or within the factor); ? not enough repeats to decide; n/a: a "
+             f"significant (or within the factor); ? not enough repeats to decide; ! the "
+             f"machine itself changed (a fixed calibration loop timed before every repeat, "
+             f"or the CPU other processes used during the repeats), so a verdict is "
+             f"withheld; n/a: a "
              f"side lacks the stage. Significance: two-sided Mann-Whitney U, p < {ALPHA:g}. "
              "Wall times come from the repeats run with stage recording off, stages from "
              "those with it on."),

@@ -126,17 +126,22 @@ def headline_text(row: pd.Series, history: bool) -> str:
     """One sentence of the headline (``tables.headline`` row), numbers as the tables print
     them."""
     cfg = f"{row['backend']} · {row['workload']} · n={int(row['n_tasks']):,}"
-    parts = [f"first task after {format_value(row['time_to_first_task_s'])} s",
-             f"last result after {format_value(row['wall_s'])} s"]
+    overhead = row.get("record_overhead", float("nan"))
+    both = overhead == overhead  # not NaN: repeats with recording on and off
+    parts = [f"first task after {format_value(row['time_to_first_task_s'])} s"
+             + (" (recording on)" if both else ""),
+             f"last result after {format_value(row['wall_s'])} s"
+             + (" (recording off)" if both else "")]
     if row["top_stage"]:
         parts.append(f"{row['top_stage']} dominates with {format_value(row['top_stage_s'])} s "
                      f"busy, {_pct(row['top_share_of_wall'])} of wall")
     else:
         parts.append("stage recording was off")
-    overhead = row.get("record_overhead", float("nan"))
-    if overhead == overhead:  # not NaN: the run had repeats with recording on and off
-        parts.append(f"recording stages cost {_signed_pct(overhead)} of wall (wall times "
-                     f"are from the unrecorded repeats)")
+    if both:
+        cpu = row.get("record_overhead_cpu", float("nan"))
+        parts.append(f"recording overhead {_signed_pct(overhead)} (median wall time with "
+                     f"recording on / off - 1)" + (f", {_signed_pct(cpu)} of CPU time"
+                                                  if cpu == cpu else ""))
     text = f"{cfg}: " + "; ".join(parts) + "."
     if row["previous"]:
         text += (f" Biggest change against {row['previous']}: {row['change_stage']} "
@@ -174,10 +179,13 @@ def _stage_display(ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_display(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary.assign(record_overhead=summary["record_overhead"] * 100.0).rename(columns={
+    return summary.assign(record_overhead=summary["record_overhead"] * 100.0,
+                          record_overhead_cpu=summary["record_overhead_cpu"] * 100.0).rename(
+                              columns={
         "repeats": "repeats (wall)", "recorded_repeats": "recorded repeats",
         "wall_recorded_s_median": "wall s recorded (median)",
         "record_overhead": "recording overhead %",
+        "record_overhead_cpu": "recording overhead % (CPU)",
         "wall_s_median": "wall s (median)", "wall_s_min": "wall min", "wall_s_max": "wall max",
         "time_to_first_task_s_median": "first task s (median)",
         "time_to_first_task_s_min": "first task min",
@@ -390,7 +398,9 @@ def report_blocks(runs: Sequence[Run], out_dir: Path, reference: str | None = No
                Para("Wall times come from the repeats run with stage recording off; stage "
                     "times and time to first task from the repeats with it on, interleaved "
                     "with them. Recording overhead % is median wall time recorded / "
-                    "unrecorded - 1: what measuring the stages cost each backend."),
+                    "unrecorded - 1: what measuring the stages cost each backend; (CPU) is "
+                    "the same of the CPU seconds the run's processes used, which other "
+                    "work on the machine disturbs far less than wall time."),
                Table(_run_display(rsum))]
 
     blocks.append(Heading("Figures", 2))

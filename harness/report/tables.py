@@ -198,13 +198,16 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
     role, the largest worker's for ``worker``, over the same runs as wall time; empty where not
     measured), ``recorded_repeats`` and ``wall_recorded_s_median`` (the runs that recorded
     stages), ``record_overhead`` (``wall_recorded_s_median / wall_s_median - 1``: what
-    recording cost; empty unless the configuration has runs of both kinds).
+    recording cost; empty unless the configuration has runs of both kinds),
+    ``record_overhead_cpu`` (the same of the CPU seconds the run's processes used,
+    ``cpu_s``: less disturbed by other work on the machine; empty without them).
     """
     cols = [*_CONFIG, "repeats"] + [f"{v}_{s}" for v in ("wall_s", "time_to_first_task_s")
                                     for s in ("median", "min", "max")]
     cols += ["tasks_run_median", "wall_us_per_task", "overhead_us_per_task"]
     cols += [f"peak_rss_{role}_mib" for role in _RSS_ROLES]
-    cols += ["recorded_repeats", "wall_recorded_s_median", "record_overhead"]
+    cols += ["recorded_repeats", "wall_recorded_s_median", "record_overhead",
+             "record_overhead_cpu"]
     if runs.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     df = speed_runs(runs)
@@ -244,6 +247,13 @@ def run_summary(runs: pd.DataFrame) -> pd.DataFrame:
     out["record_overhead"] = _safe_ratio(out["wall_recorded_s_median"],
                                          pd.Series(off.median().reindex(index).to_numpy(),
                                                    index=out.index)) - 1
+    out["record_overhead_cpu"] = np.nan
+    if "cpu_s" in runs:
+        cpu = pd.to_numeric(runs["cpu_s"], errors="coerce")
+        by_kind = [cpu[mask].groupby([runs.loc[mask, c] for c in _CONFIG], sort=False)
+                   .median().reindex(index).to_numpy() for mask in (flag, ~flag)]
+        out["record_overhead_cpu"] = _safe_ratio(pd.Series(by_kind[0], index=out.index),
+                                                 pd.Series(by_kind[1], index=out.index)) - 1
     return sort_rows(out[cols], _CONFIG)
 
 
@@ -410,7 +420,7 @@ def profile_top(profile_stages: pd.DataFrame, per_stage: int = 5) -> pd.DataFram
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "backend", "workload", "n_tasks", "repeats", "time_to_first_task_s", "wall_s",
     "top_stage", "top_stage_s", "top_share_of_wall", "previous", "change_stage",
-    "change_ratio", "change_mark", "record_overhead")
+    "change_ratio", "change_mark", "record_overhead", "record_overhead_cpu")
 """Columns of ``headline``, in order."""
 
 CHANGE_COLUMNS: tuple[str, ...] = ("backend", "workload", "n_tasks", "previous", "stage",
@@ -469,7 +479,8 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame,
             "wall_s": r.wall_s_median, "top_stage": "", "top_stage_s": np.nan,
             "top_share_of_wall": np.nan, "previous": "", "change_stage": "",
             "change_ratio": np.nan, "change_mark": "",
-            "record_overhead": float(getattr(r, "record_overhead", np.nan))}
+            "record_overhead": float(getattr(r, "record_overhead", np.nan)),
+            "record_overhead_cpu": float(getattr(r, "record_overhead_cpu", np.nan))}
         if top is not None and k in top.index:
             t = top.loc[k]
             row.update(top_stage=str(t["stage"]), top_stage_s=float(t["seconds_median"]),
@@ -481,7 +492,7 @@ def headline(summary: pd.DataFrame, runs: pd.DataFrame,
         rows.append(row)
     out = pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
     for name in ("time_to_first_task_s", "wall_s", "top_stage_s", "top_share_of_wall",
-                 "change_ratio", "record_overhead"):
+                 "change_ratio", "record_overhead", "record_overhead_cpu"):
         out[name] = out[name].astype(float)
     return out
 
