@@ -116,6 +116,7 @@ def test_the_user_file_computes_what_dasks_sync_scheduler_computes(
 
     monkeypatch.chdir(runs.base)
     w = build_any(SPEC, N_TASKS)
+    assert w.dask is not None
     dsk, keys = optimized_graph(w.dask())
     want = get_sync(dsk, keys)
     with ReferenceBackend(RunOptions(record=False, timeout=120)) as ref:
