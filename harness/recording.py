@@ -53,8 +53,9 @@ MERGED = {
     "optimize+update_graph": "recording: Dask's update-graph event gives the scheduler's "
                              "materialisation as one duration; the low-level optimisation "
                              "and lowering it runs are counted in update_graph",
-    "serialize+communicate": "recording: _graph_to_futures also makes the futures and "
-                             "records the calling code; counted as serialize",
+    "communicate+update_graph": "recording: the scheduler reads and msgpack-decodes the "
+                                "update-graph message before Dask's update starts; that "
+                                "decoding is counted in communicate",
 }
 _BACKEND = "dask-distributed"
 _METRICS = ("execute", "gather-dep", "get-data")
