@@ -26,6 +26,11 @@ Rules of this module:
   request by counting a few graphs: doubling from small sizes, then extrapolating with the
   local growth exponent; the count reported is an exact count of the graph chosen.
   Counting builds graphs up to the requested size once or twice, outside measurement.
+- ``groupby-tasks`` and ``set-index-tasks`` have the same task count at every size, by
+  construction rather than by mistake: each is one task shuffle of ``p`` partitions with the
+  same number of per-partition tasks around it: eight each, reading a partition, Dask's
+  string-dtype conversion, and six steps of the groupby's chunk and final aggregation or of
+  set_index's partition assignment and sort. Tests check both against pandas.
 - Dask's p2p shuffle and rechunk need distributed's workers: ``not_applicable`` says so for
   any other backend, and the runner does not run those cells.
 - Dask is imported only when a workload is built.

@@ -34,7 +34,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +52,9 @@ MERGED = {
     "optimize+update_graph": "recording: Dask's update-graph event gives the scheduler's "
                              "materialisation as one duration; the low-level optimisation "
                              "and lowering it runs are counted in update_graph",
-    "serialize+communicate": "recording: _graph_to_futures also makes the futures and "
-                             "records the calling code; counted as serialize",
+    "communicate+update_graph": "recording: the scheduler reads and msgpack-decodes the "
+                                "update-graph message before Dask's update starts; that "
+                                "decoding is counted in communicate",
 }
 _BACKEND = "dask-distributed"
 _METRICS = ("execute", "gather-dep", "get-data")
@@ -153,7 +153,6 @@ class Recorder:
         self.client = client
         self.timeout = timeout
         self.rec = Recording(name)
-        self._lock = threading.Lock()
         self._submits: list[tuple[int, int]] = []
         self._sends: list[tuple[int, int]] = []
         self._span: Any = None
@@ -172,7 +171,7 @@ class Recorder:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
         self._roles = {a: f"worker-{i}" for i, a in enumerate(workers)}
         self._before = client.run(worker_seconds)
-        self._events_before = len(self._update_events())
+        self._since = time.time() + self._offset_s  # on the scheduler's clock
         self._wrap()
         self._span = distributed.span(f"stagecost-{self.rec.name}")
         self._span_id = self._span.__enter__()
@@ -237,6 +236,8 @@ class Recorder:
             state = self.client.run_on_scheduler(span_state, self._span_id)
             if (state is not None and state["done"]) or time.monotonic() >= deadline:
                 break
+            if state is None and len(self._update_events()) >= len(self._sends):
+                break  # every update ended and none made tasks: nothing to wait for
             time.sleep(0.05)
         if state is None or not state["done"]:
             self.rec.notes.append(f"recording: the block's work had not finished "
@@ -245,8 +246,9 @@ class Recorder:
         return state
 
     def _update_events(self) -> list[dict[str, Any]]:
+        """Dask's ``update-graph`` events of this client since the block began, in order."""
         events = self.client.get_events(self.client.id)
-        return [msg for _, msg in events if isinstance(msg, dict)
+        return [msg for ts, msg in events if ts >= self._since and isinstance(msg, dict)
                 and msg.get("action") == "update-graph"]
 
     def _perf(self, scheduler_ts: float) -> int:
@@ -259,8 +261,7 @@ class Recorder:
         from harness.report.schema import RUNS_COLUMNS, SPANS_COLUMNS, STAGES_COLUMNS
 
         rec = self.rec
-        events = [e for e in self._update_events()[self._events_before:]
-                  if e.get("status") == "OK"]
+        events = [e for e in self._update_events() if e.get("status") == "OK"]
         metrics = [e.get("metrics", {}) for e in events]
         rec.graphs = [{k: v for k, v in m.items() if isinstance(v, int | float)}
                       for m in metrics]

@@ -118,6 +118,7 @@ def test_the_user_file_computes_what_dasks_sync_scheduler_computes(
 
     monkeypatch.chdir(runs.base)
     w = build_any(SPEC, N_TASKS)
+    assert w.dask is not None
     dsk, keys = optimized_graph(w.dask())
     want = get_sync(dsk, keys)
     with ReferenceBackend(RunOptions(record=False, timeout=120)) as ref:
@@ -148,3 +149,17 @@ def test_what_is_not_dask_work_is_refused_before_anything_runs(tmp_path: Path) -
     with pytest.raises(ValueError, match="unknown backend"):
         stagecost.measure("matmul", ["no-such-backend"], output=tmp_path / "p", store=False)
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_plain_graph_with_its_keys_runs_on_the_reference_and_dask(tmp_path: Path) -> None:
+    from operator import add
+
+    graph = {"a": 1, "b": 2, ("c", 0): (add, "a", "b"), ("c", 1): (add, ("c", 0), "b")}
+    table = stagecost.measure((graph, [("c", 0), ("c", 1)]), ["reference-inproc", "dask-sync"],
+                              repeats=1, warmups=0, output=tmp_path / "o", store=False,
+                              in_process=True)
+    runs = table.attrs["runs"]
+    assert set(table["workload"]) == {"graph"}
+    assert sorted(runs["backend"]) == ["dask-sync", "reference-inproc"]
+    assert set(runs["n_tasks"]) == {count_tasks(as_dask_work((graph, [("c", 0), ("c", 1)]),
+                                                             "g"))}

@@ -71,6 +71,7 @@ def test_each_workload_gives_the_same_results_on_the_reference_and_dask_sync(
     # and both are what Dask's own sync scheduler computes for the graph Dask runs
     from dask.local import get_sync
 
+    assert w.dask is not None
     dsk, keys = optimized_graph(w.dask())
     assert all(same(a, b) for a, b in zip(ref, get_sync(dsk, keys), strict=True))
 

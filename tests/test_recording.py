@@ -109,3 +109,14 @@ def test_a_recording_writes_a_run_folder_with_its_report(client: Any, tmp_path: 
 def test_only_a_distributed_client_is_accepted() -> None:
     with pytest.raises(TypeError, match="distributed.Client"):
         stagecost.recording(object())
+
+
+def test_a_block_that_raises_is_measured_and_the_error_passes(client: Any) -> None:
+    before = set(vars(client))
+    x = (da.ones((20, 20), chunks=10) * 3).sum()
+    with pytest.raises(ZeroDivisionError), stagecost.recording(client) as rec:
+        x.compute()
+        _ = 1 / 0
+    assert set(vars(client)) == before
+    assert len(rec.graphs) == 1
+    assert set(rec.stages["n_tasks"]) == {rec.graphs[0]["tasks"]}
