@@ -160,6 +160,7 @@ def test_a_plain_graph_with_its_keys_runs_on_the_reference_and_dask(tmp_path: Pa
                               in_process=True)
     runs = table.attrs["runs"]
     assert set(table["workload"]) == {"graph"}
-    assert sorted(runs["backend"]) == ["dask-sync", "reference-inproc"]
+    assert set(zip(runs["backend"], runs["recorded"].astype(bool), strict=True)) == {
+        (b, rec) for b in ("dask-sync", "reference-inproc") for rec in (True, False)}
     assert set(runs["n_tasks"]) == {count_tasks(as_dask_work((graph, [("c", 0), ("c", 1)]),
                                                              "g"))}
