@@ -171,6 +171,17 @@ def run_with_fault(client: Client, graph: LayerGraph | TaskGraph, outputs: list[
     return results
 
 
+def start_with_fault(client: Client, graph: LayerGraph, outputs: list[Any], moment: Moment,
+                     what: str) -> Background:
+    """Start ``graph`` (layers) with ``moment`` watching it and return once the fault came;
+    fails when the graph finished first (``what`` names the fault for that message)."""
+    run = Background(client.run, graph, outputs, encoding="layers", timeout=BOUND,
+                     task_progress=moment.progress)
+    wait_for(lambda: moment.hit or run.done(), BOUND, "half the graph")
+    assert moment.hit, f"the graph finished before {what}"
+    return run
+
+
 # --- one of three killed, at each moment, on each workload -----------------------------------
 
 def _kill_one_and_replace(cluster: LocalCluster) -> Callable[[], None]:
@@ -315,11 +326,8 @@ def test_all_workers_killed_then_one_started_with_the_cli() -> None:
             def fault() -> None:
                 kill(live_workers(cluster))
 
-            moment = Moment("mid", fault)
-            run = Background(client.run, layers, outputs, encoding="layers", timeout=BOUND,
-                             task_progress=moment.progress)
-            wait_for(lambda: moment.hit or run.done(), BOUND, "half the graph")
-            assert moment.hit, "the graph finished before the workers were killed"
+            run = start_with_fault(client, layers, outputs, Moment("mid", fault),
+                                   "the workers were killed")
             wait_for(lambda: client.info()["workers"] == 0, 30, "every worker gone")
             assert not run.done()
             extra.append(subprocess.Popen(
@@ -350,11 +358,8 @@ def test_worker_stopped_past_the_heartbeat_timeout_then_resumed() -> None:
             os.kill(stopped.pid, signal.SIGSTOP)
 
         try:
-            moment = Moment("mid", fault)
-            run = Background(client.run, layers, outputs, encoding="layers", timeout=BOUND,
-                             task_progress=moment.progress)
-            wait_for(lambda: moment.hit or run.done(), BOUND, "half the graph")
-            assert moment.hit, "the graph finished before the worker was stopped"
+            run = start_with_fault(client, layers, outputs, Moment("mid", fault),
+                                   "the worker was stopped")
             wait_for(lambda: client.info()["workers"] == 2, 30, "the silent worker removed")
             os.kill(stopped.pid, signal.SIGCONT)
             got = run.result(BOUND).results
