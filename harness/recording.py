@@ -34,7 +34,10 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +158,7 @@ class Recorder:
         self.rec = Recording(name)
         self._submits: list[tuple[int, int]] = []
         self._sends: list[tuple[int, int]] = []
+        self._futures: list[weakref.ref[Any]] = []
         self._span: Any = None
         self._span_id = ""
 
@@ -192,14 +196,16 @@ class Recorder:
     def _wrap(self) -> None:
         client = self.client
         to_futures, send = client._graph_to_futures, client._send_to_scheduler
-        submits, sends = self._submits, self._sends
+        submits, sends, futures = self._submits, self._sends, self._futures
 
         def graph_to_futures(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter_ns()
             try:
-                return to_futures(*args, **kwargs)
+                made = to_futures(*args, **kwargs)
             finally:
                 submits.append((t0, time.perf_counter_ns()))
+            futures.extend(weakref.ref(f) for f in made.values())  # what the caller keeps
+            return made
 
         def send_to_scheduler(msg: Any) -> Any:
             if isinstance(msg, dict) and msg.get("op") == "update-graph":
@@ -232,6 +238,14 @@ class Recorder:
         if not self._submits:
             return None
         deadline = time.monotonic() + (0.0 if raised else self.timeout)
+        kept = [f for f in (ref() for ref in self._futures) if f is not None]
+        self._futures.clear()
+        if not raised and kept:  # done only once the client itself has heard of it
+            from distributed import wait
+
+            with contextlib.suppress(TimeoutError, CancelledError):
+                wait(kept, timeout=max(deadline - time.monotonic(), 0.0))
+        del kept
         while True:
             state = self.client.run_on_scheduler(span_state, self._span_id)
             if (state is not None and state["done"]) or time.monotonic() >= deadline:
