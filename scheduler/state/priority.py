@@ -75,8 +75,9 @@ def graph_priorities(graph: TaskGraph, dependents_count: np.ndarray | None = Non
         if not len(kids):
             continue
         p = parent[kids]
-        order = np.argsort(p, kind="stable")
-        kids, p = kids[order], p[order]
+        if not (p[1:] >= p[:-1]).all():  # blockwise groups are mostly in parent order
+            order = np.argsort(p, kind="stable")
+            kids, p = kids[order], p[order]
         s = size[kids]
         excl = np.cumsum(s) - s
         first = np.ones(len(kids), dtype=bool)
