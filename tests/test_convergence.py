@@ -74,6 +74,66 @@ def test_a_task_cancelled_after_it_ran_and_sent_again_is_reported_again() -> Non
     assert sim.results() == {c: expected_values(graph)[c]}
 
 
+def test_a_report_of_an_older_assignment_is_not_taken_for_the_current_one() -> None:
+    """``x = f(a1, a2, d)`` goes to worker 1 three times, with a release in between, and a
+    report of an older assignment must never stand for a newer one.
+
+    1. ``x`` runs on worker 1 (it holds ``a1``, ``a2``); its report waits in the socket.
+    2. Worker 2, holder of ``d``, dies: ``x`` is cancelled, ``d`` made again on worker 0 and
+       ``x`` sent to worker 1 a second time, behind the cancel.
+    3. The first report is read. Taken as current, ``x`` is in memory; ``y = f(x, r1, r2)``
+       runs on worker 0 and ``x`` is released: worker 1's queue is now *cancel, compute x,
+       release x*.
+    4. Worker 0 dies with ``y``: ``x`` is needed again and, once ``d`` is back, sent to worker
+       1 a third time.
+    5. Worker 1 reads its queue: it answers the second compute from its data (a report),
+       then drops ``x``. When that report is read, ``x`` is processing on worker 1 for the
+       third time: taken as current, the scheduler places ``x`` on a worker that has just
+       dropped it, and anyone reading it there (a peer, a client gathering an output) finds
+       nothing. The check after every step fails there ("places results ... which does not
+       hold them"); with assignments numbered, the older reports are not taken. Steps the
+       scheduler gives no occasion for are skipped; the run then ends, every output right."""
+    graph = TaskGraph.from_dict({
+        "r1": Task(nothing, 1), "r2": Task(nothing, 2), "a1": Task(nothing, 3),
+        "a2": Task(nothing, 4), "d": Task(nothing, 5),
+        "x": Task(nothing, Ref("a1"), Ref("a2"), Ref("d")),
+        "y": Task(nothing, Ref("x"), Ref("r1"), Ref("r2"))})
+    x = int(graph.ids_of(["x"])[0])
+    outputs = graph.ids_of(["r1", "r2", "a1", "a2", "y"])
+    sim = ClusterSim(3)
+    sim.submit(graph, outputs)
+    assert processing_by_worker(sim.state) == {0: set(graph.ids_of(["r1", "r2"]).tolist()),
+                                               1: set(graph.ids_of(["a1", "a2"]).tolist()),
+                                               2: set(graph.ids_of(["d"]).tolist())}
+    for w in (0, 1, 2):
+        for kind in ("deliver", "execute", "report"):
+            sim.step(kind, w)
+    assert processing_by_worker(sim.state) == {1: {x}}
+    for kind in ("deliver", "fetch", "execute"):  # 1: x runs, its report not read yet
+        sim.step(kind, 1)
+    sim.kill(2)
+    sim.add_worker()
+    sim.step("report", 2)  # 2: d lost, x cancelled, d again on worker 0
+    for kind in ("deliver", "execute", "report"):
+        sim.step(kind, 0)
+    assert processing_by_worker(sim.state) == {1: {x}}  # x sent to worker 1 again
+    sim.step("report", 1)  # 3: the first report of x
+    for kind in ("deliver", "deliver", "fetch", "execute", "report"):  # y on worker 0
+        sim.try_step(kind, 0)
+    sim.kill(0)  # 4
+    fresh = sim.add_worker()
+    sim.step("report", 0)
+    for _ in range(3):  # 5: worker 1 reads cancel, compute x, release x
+        sim.try_step("deliver", 1)
+    for kind in ("deliver", "execute", "report"):  # d on the new worker: x sent again
+        sim.try_step(kind, fresh)
+    sim.try_step("report", 1)  # the answer to the second compute
+    sim.run(random.Random(0))
+    assert sim.done
+    expected = expected_values(graph)
+    assert sim.results() == {int(o): expected[int(o)] for o in outputs.tolist()}
+
+
 @pytest.mark.parametrize("name", ["reduction", "shuffle", "elementwise"])
 @pytest.mark.parametrize("seed", range(4))
 def test_random_interleavings_with_two_workers_killed_converge(name: str, seed: int) -> None:

@@ -3,7 +3,7 @@
 Scheduler side: ``graph_def_message`` introduces a graph to a worker once (its function table,
 its groups' key shapes and template blobs); ``compute_message`` carries a batch of tasks as
 arrays (ids, priorities, group and position of each task, dependency ids and the workers
-holding them) plus the opaque spec blob of each task of an explicit group.
+holding them, the number of each task's assignment) plus the opaque spec blob of each task of an explicit group.
 
 Worker side: ``GraphCatalog`` keeps what graph definitions said and turns a compute message
 into a ``ComputeTasksEvent``, compiling each template once per group.
@@ -66,7 +66,8 @@ def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:
                 spec_at[rows] = np.arange(len(blobs), len(blobs) + len(rows))
                 blobs.extend(specs[p] for p in pos[rows].tolist())  # type: ignore[index]
     arrays = {"ids": ins.ids, "prio": seg.priority[local], "group": group.astype(np.int32),
-              "pos": pos, "dep_ptr": dep_ptr, "deps": deps, "holders": holders}
+              "pos": pos, "dep_ptr": dep_ptr, "deps": deps, "holders": holders,
+              "seq": seg.seq[local]}
     if spec_at is not None:
         arrays["spec_at"] = spec_at
     return pack("compute", {"sid": seg.sid}, arrays, blobs)
@@ -135,7 +136,8 @@ class GraphCatalog:
         return ComputeTasksEvent(stimulus_id=stimulus_id, ids=msg.array("ids"),
                                  priorities=msg.array("prio"), runners=runners,
                                  indices=indices, dep_ptr=msg.array("dep_ptr"),
-                                 dep_ids=msg.array("deps"), dep_holders=msg.array("holders"))
+                                 dep_ids=msg.array("deps"), dep_holders=msg.array("holders"),
+                                 seqs=msg.arrays.get("seq"))
 
 
 class _LazySpec:

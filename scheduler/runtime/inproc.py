@@ -178,7 +178,7 @@ class InProcessCluster:
         for i in instructions:
             if isinstance(i, ReleaseData):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
-                    ReleaseDataEvent(stimulus_id="release", ids=i.ids)))
+                    ReleaseDataEvent(stimulus_id="release", ids=i.ids, seqs=i.seqs)))
             elif isinstance(i, CancelTasks):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
                     CancelTasksEvent(stimulus_id="cancel", ids=i.ids)))
