@@ -364,6 +364,17 @@ class ClusterSim:
                                      f"{sorted(gone)[:10]} on worker {wid}, which does not "
                                      f"hold them")
 
+    def untracked(self) -> dict[int, list[int]]:
+        """Results live workers hold that the scheduler does not place there (the audit's
+        ``untracked``; a leak once the simulation is quiet)."""
+        tracked = results_by_worker(self.state)
+        out = {}
+        for wid, w in self.workers.items():
+            extra = set(w.state.data) - tracked.get(wid, set()) if w.alive else set()
+            if extra:
+                out[wid] = sorted(extra)
+        return out
+
     def _describe_processing(self) -> str:
         return "; ".join(f"worker {w}: {sorted(ts)[:10]}"
                          for w, ts in processing_by_worker(self.state).items() if ts)
