@@ -23,10 +23,14 @@ from harness.workloads import build
 from scheduler.graph.lowgraph import TaskGraph
 from scheduler.graph.task import Ref, Task
 from scheduler.runtime.comm import CommClosedError
-from scheduler.runtime.messages import pack
+from scheduler.runtime.dispatch import compute_messages
+from scheduler.runtime.messages import pack, unpack
 from scheduler.runtime.scheduler_server import SchedulerServer, _Worker
 from scheduler.state.events import GraphSubmittedEvent, SendTasks, WorkerAddedEvent
+from scheduler.state.scheduler import SchedulerState
 from scheduler.state.segment import TaskState
+from scheduler.wire.encodings import decode_graph, encode_graph
+from scheduler.wire.frames import FrameLimits, pack_frames
 from tests.clustersim import ClusterSim, Hang, expected_values
 from tests.statesim import processing_by_worker
 
@@ -263,3 +267,29 @@ def test_dispatch_goes_on_when_a_workers_connection_has_just_closed() -> None:
     assert 0 not in server.workers and dead.aborted
     procs = processing_by_worker(server.state)
     assert set(procs) == {1} and len(procs[1]) == 4
+
+
+def test_a_batch_larger_than_a_message_goes_as_several() -> None:
+    """70,000 tasks of an explicit group (each with a spec frame of its own) handed to one
+    worker at once, as when they all read a result that worker holds: more frames than one
+    message may carry (65,536). They go as several compute messages, each within the frame
+    limits, together naming every task once. (One message used to be refused by the sender,
+    which took the client's connection handler down with it: the client waited for
+    nothing.)"""
+    n = 70_000
+    state = SchedulerState()
+    sent_graph = TaskGraph.from_dict({("t", i): Task(nothing, i) for i in range(n)})
+    graph = decode_graph(encode_graph(sent_graph, "compact")).graph  # the scheduler's view
+    state.handle(GraphSubmittedEvent(stimulus_id="g", client="c", graph_id="g", graph=graph,
+                                     outputs=np.arange(n, dtype=np.int64)))
+    seg = state.graph("c", "g")
+    assert seg is not None
+    ids = np.arange(seg.base, seg.base + n, dtype=np.int64)
+    messages = list(compute_messages(state, SendTasks(stimulus_id="s", worker=0,
+                                                      segment=seg.sid, ids=ids)))
+    assert len(messages) > 1
+    sent = []
+    for frames in messages:
+        pack_frames(frames, FrameLimits())  # raises beyond the limits
+        sent.append(unpack([bytes(f) for f in frames]).array("ids"))
+    assert np.array_equal(np.sort(np.concatenate(sent)), ids)

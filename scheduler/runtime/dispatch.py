@@ -13,6 +13,7 @@ Rules: no per-task Python on the scheduler side (numpy only); blobs stay opaque 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,12 @@ from ..wire.encodings import SpecLoader
 from ..wire.frames import WireError
 from .messages import Message, pack
 
-__all__ = ["GraphCatalog", "compute_message", "graph_def_message"]
+__all__ = ["MAX_TASKS_PER_MESSAGE", "GraphCatalog", "compute_message", "compute_messages",
+           "graph_def_message"]
+
+MAX_TASKS_PER_MESSAGE = 32_768
+"""Tasks in one compute message at most: a task of an explicit group brings a frame of its
+own (its spec), and a message holds at most ``FrameLimits.max_frames`` (65,536) frames."""
 
 
 def graph_def_message(seg: Segment, functions: bytes) -> list[Any]:
@@ -71,6 +77,17 @@ def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:
     if spec_at is not None:
         arrays["spec_at"] = spec_at
     return pack("compute", {"sid": seg.sid}, arrays, blobs)
+
+
+def compute_messages(state: SchedulerState, ins: SendTasks) -> Iterator[list[Any]]:
+    """``compute_message`` for ``ins`` in batches of at most ``MAX_TASKS_PER_MESSAGE``
+    tasks (one message for all but the largest batches)."""
+    ids = ins.ids
+    for start in range(0, len(ids), MAX_TASKS_PER_MESSAGE):
+        part = ids if len(ids) <= MAX_TASKS_PER_MESSAGE else \
+            ids[start:start + MAX_TASKS_PER_MESSAGE]
+        yield compute_message(state, SendTasks(stimulus_id=ins.stimulus_id, worker=ins.worker,
+                                               segment=ins.segment, ids=part))
 
 
 class _Group:

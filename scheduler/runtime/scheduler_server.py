@@ -50,7 +50,7 @@ from ..wire.encodings import WireGraph, decode_graph
 from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
-from .dispatch import compute_message, graph_def_message
+from .dispatch import compute_messages, graph_def_message
 from .memory import peak_rss
 from .messages import Message, pack
 
@@ -438,10 +438,10 @@ class SchedulerServer:
                         sp.nbytes += self._post(worker, graph_def_message(
                             seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
-                    frames = compute_message(self.state, SendTasks(
-                        stimulus_id="", worker=w, segment=sid, ids=ids))
-                    sp.nbytes += self._post(worker, frames)
-                    sp.messages += 1
+                    for frames in compute_messages(self.state, SendTasks(
+                            stimulus_id="", worker=w, segment=sid, ids=ids)):
+                        sp.nbytes += self._post(worker, frames)
+                        sp.messages += 1
         for w, (rel_ids, rel_seqs) in releases.items():
             self._to_worker(w, "release", {}, {"ids": _cat(rel_ids), "seq": _cat(rel_seqs)})
         live = set(self.state.segments)
