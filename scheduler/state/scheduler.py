@@ -760,13 +760,14 @@ class SchedulerState:
             newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
             self._transition(seg, newly, S.ready)
         if self._cross:
-            for g in self._with_cross(local + seg.base):
-                for u in self._cross[g]:
-                    useg = self.segment_of(u)
-                    ui = u - useg.base
-                    useg.waiting[ui] -= 1
-                    if useg.waiting[ui] == 0 and useg.state[ui] == S.waiting:
-                        self._transition(useg, np.asarray([ui]), S.ready)
+            # dependents in later graphs (a result many tasks of another graph read: one
+            # batch per graph, not a transition per task)
+            users = [u for g in self._with_cross(local + seg.base) for u in self._cross[g]]
+            for useg, ul in self._split(np.asarray(users, dtype=np.int64)):
+                np.subtract.at(useg.waiting, ul, 1)
+                cand = unique(ul)
+                newly = cand[(useg.waiting[cand] == 0) & (useg.state[cand] == S.waiting)]
+                self._transition(useg, newly, S.ready)
         # dependencies: one consumer fewer; free what nobody needs any more
         deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, local)
         for dseg, dl in self._split(deps):
