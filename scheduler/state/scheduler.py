@@ -746,6 +746,9 @@ class SchedulerState:
         """Whether each global id belongs to a live segment."""
         if not self._by_base:
             return np.zeros(len(gids), dtype=bool)
+        if len(self._by_base) == 1:  # the common case: one graph
+            seg = self._by_base[0]
+            return (gids >= seg.base) & (gids < seg.base + seg.n)
         where = np.searchsorted(self._bases, gids, side="right") - 1
         ends = np.asarray([s.base + s.n for s in self._by_base], dtype=np.int64)
         return (where >= 0) & (gids < ends[np.maximum(where, 0)])
