@@ -69,6 +69,11 @@ from tests.statesim import processing_by_worker, results_by_worker
 __all__ = ["ClusterSim", "Hang", "expected_values"]
 
 
+def _seqs(ins: ReportFinished) -> np.ndarray:
+    """The assignment numbers a report carries, as the runtime sends them."""
+    return np.asarray(ins.seqs if ins.seqs is not None else [1] * len(ins.ids), dtype=np.int32)
+
+
 class Hang(AssertionError):
     """The scheduler waits for something no worker will ever do."""
 
@@ -134,8 +139,9 @@ class ClusterSim:
                 self._post(ins.worker, CancelTasksEvent(stimulus_id=ins.stimulus_id,
                                                         ids=ins.ids.copy()))
             elif isinstance(ins, ReleaseData):
-                self._post(ins.worker, ReleaseDataEvent(stimulus_id=ins.stimulus_id,
-                                                        ids=ins.ids.copy()))
+                self._post(ins.worker, ReleaseDataEvent(
+                    stimulus_id=ins.stimulus_id, ids=ins.ids.copy(),
+                    seqs=None if ins.seqs is None else ins.seqs.copy()))
             elif isinstance(ins, KeysInMemory | KeysErred):
                 self.told.append(ins)
 
@@ -157,7 +163,8 @@ class ClusterSim:
             stimulus_id=ins.stimulus_id, ids=ids, priorities=seg.priority[local].copy(),
             runners=[functools.partial(run_task, int(t) - self._base) for t in ids.tolist()],
             indices=[()] * len(ids), dep_ptr=ptr, dep_ids=deps,
-            dep_holders=self.state.holders(deps).astype(np.int64))
+            dep_holders=self.state.holders(deps).astype(np.int64),
+            seqs=seg.seq[local].copy())
 
     def submit(self, graph: TaskGraph, outputs: np.ndarray) -> None:
         """Submit ``graph`` (one graph per simulation); ``outputs`` are ids in it."""
@@ -200,7 +207,8 @@ class ClusterSim:
             elif isinstance(ins, ReportFinished):
                 w.outbox.append(TasksFinishedEvent(stimulus_id=self._stim(f"done-w{w.wid}"),
                                                    worker=w.wid,
-                                                   ids=np.asarray(ins.ids, dtype=np.int64)))
+                                                   ids=np.asarray(ins.ids, dtype=np.int64),
+                                                   seqs=_seqs(ins)))
             elif isinstance(ins, ReportErred):
                 w.outbox.append(TaskErredEvent(stimulus_id=self._stim("err"), worker=w.wid,
                                                id=ins.id, error=ins.error, text=ins.text))
@@ -251,6 +259,14 @@ class ClusterSim:
         self.steps += 1
         if self.check_every_step:
             self.check()
+
+    def try_step(self, kind: str, wid: int) -> bool:
+        """Take the step if it can be taken now (a story written for one order of events
+        goes on where the scheduler chose otherwise); whether it was taken."""
+        if (kind, wid) not in self.actions():
+            return False
+        self.step(kind, wid)
+        return True
 
     def run(self, rng: random.Random, *, kills: int = 0, replace: bool = True,
             slow_reports: float = 0.2, max_steps: int = 200_000) -> None:
@@ -347,6 +363,17 @@ class ClusterSim:
                 raise AssertionError(f"step {self.steps}: the scheduler places results "
                                      f"{sorted(gone)[:10]} on worker {wid}, which does not "
                                      f"hold them")
+
+    def untracked(self) -> dict[int, list[int]]:
+        """Results live workers hold that the scheduler does not place there (the audit's
+        ``untracked``; a leak once the simulation is quiet)."""
+        tracked = results_by_worker(self.state)
+        out = {}
+        for wid, w in self.workers.items():
+            extra = set(w.state.data) - tracked.get(wid, set()) if w.alive else set()
+            if extra:
+                out[wid] = sorted(extra)
+        return out
 
     def _describe_processing(self) -> str:
         return "; ".join(f"worker {w}: {sorted(ts)[:10]}"

@@ -8,7 +8,13 @@ length of an undisturbed run), does the fault:
 - ``kill-two``: SIGKILL two of the three, start two replacements;
 - ``kill-all``: SIGKILL every worker, then start one with ``stagecost worker ADDRESS``;
 - ``stop``: SIGSTOP one worker for 1.5 heartbeat timeouts, then SIGCONT it (the scheduler
-  has removed it by then: it exits), and start a replacement.
+  has removed it by then: it exits), and start a replacement;
+- ``during-gather``: the graph is done and the client starts fetching its outputs: the
+  worker it asks first is SIGKILLed just before the request (a replacement started);
+- ``only-copy``: a source ``src`` is computed and held by one worker only; a graph of
+  ``-n`` tasks that all read it (sources ``src + i``, summed by a tree) is submitted, and
+  at a random moment of its first half the holder of ``src`` is SIGKILLed (a replacement
+  started): whatever has not read ``src`` yet waits for it to be computed again.
 
 A run is ``correct`` (result equal to the workload evaluated directly), ``wrong``, ``hung``
 (no answer within ``--bound`` seconds: the client's timeout) or ``failed`` (any other error:
@@ -23,6 +29,7 @@ closed at the end; every wait is bounded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,9 +43,13 @@ from typing import Any
 
 from harness.workloads import build
 from scheduler import Client, LocalCluster
+from scheduler.graph.lowgraph import TaskGraph
+from scheduler.graph.task import Ref, Task
 from tests.conftest import cluster_env
+from tests.test_faults import worker_id
 
-FAULTS = ("kill-one", "kill-two", "kill-all", "stop")
+FAULTS = ("kill-one", "kill-two", "kill-all", "stop", "during-gather", "only-copy")
+SRC = "only-copy-src"
 HEARTBEAT = 3.0
 
 
@@ -68,23 +79,91 @@ def _live(procs: list[subprocess.Popen[Any]]) -> list[subprocess.Popen[Any]]:
     return [p for p in procs if p.poll() is None]
 
 
+def plus(x: int, i: int) -> int:  # task functions here: workers need not import pytest
+    return x + i
+
+
+def total(parts: list[int]) -> int:
+    return sum(parts)
+
+
+def seven() -> int:
+    return 7
+
+
+def reads_one_source(n: int, split_every: int = 8) -> tuple[TaskGraph, list[Any], int]:
+    """About ``n`` tasks that all read the result ``SRC`` (the value 7): sources
+    ``("oc", i) = SRC + i``, summed by a tree; (graph, outputs, expected value)."""
+    m = max(1, n * (split_every - 1) // split_every)
+    dsk: dict[Any, Task] = {("oc", i): Task(plus, Ref(SRC), i) for i in range(m)}
+    level, depth = [("oc", i) for i in range(m)], 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for j in range(0, len(level), split_every):
+            key = ("oc-sum", depth, j // split_every)
+            dsk[key] = Task(total, [Ref(k) for k in level[j:j + split_every]])
+            nxt.append(key)
+        level = nxt
+    return TaskGraph.from_dict(dsk, external=[SRC]), level, 7 * m + m * (m - 1) // 2
+
+
+def _kill_worker(client: Client, cluster: LocalCluster, extra: list[subprocess.Popen[Any]],
+                 wid: int) -> threading.Thread:
+    """SIGKILL the worker the scheduler calls ``wid`` (found by its port), then start a
+    replacement from another thread (the caller may be the client's loop), returned."""
+    victim = next(p for p in _live(cluster.workers) + _live(extra)
+                  if worker_id(client, p.pid) == wid)
+    os.kill(victim.pid, signal.SIGKILL)
+
+    def replace() -> None:
+        victim.wait(10)
+        cluster.add_worker()
+
+    thread = threading.Thread(target=replace, daemon=True)
+    thread.start()
+    return thread
+
+
+def _kill_at_first_fetch(client: Client, cluster: LocalCluster,
+                         extra: list[subprocess.Popen[Any]],
+                         killed: list[threading.Thread]) -> Any:
+    """Make the client's next fetch of results SIGKILL the worker it asks just before asking
+    (``killed`` gets the thread starting its replacement); returns the client's own fetch,
+    to put back."""
+    fetch = client._fetch
+
+    async def fetch_after_killing(worker: int, ids: list[int]) -> Any:
+        if not killed:
+            killed.append(_kill_worker(client, cluster, extra, worker))
+        return await fetch(worker, ids)
+
+    client._fetch = fetch_after_killing  # type: ignore[method-assign]
+    return fetch
+
+
 def run_faults(fault: str, runs: int, *, workload: str = "reduction", n: int = 100_000,
                bound: float = 120.0, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
-    w = build(workload, n)
-    graph = w.lower()
-    expected = graph.execute(w.outputs)
+    if fault == "only-copy":
+        graph, outputs, value = reads_one_source(n)
+        expected: Any = {outputs[0]: value}
+    else:
+        w = build(workload, n)
+        graph, outputs = w.lower(), w.outputs
+        expected = graph.execute(outputs)
     extra: list[subprocess.Popen[Any]] = []  # workers started with the CLI
     rows: list[dict[str, Any]] = []
     env = {**os.environ, **cluster_env()}
     with LocalCluster(n_workers=3, record=False, heartbeat_timeout=HEARTBEAT,
                       env=cluster_env()) as cluster, \
             Client(cluster, record=False, timeout=60) as client:
+        src = client.submit(seven, key=SRC) if fault == "only-copy" else None
         try:
             base = []
             for _ in range(3):
                 t = time.monotonic()
-                client.compute(graph, w.outputs, timeout=bound)
+                client.compute(graph, outputs, timeout=bound)
                 base.append(time.monotonic() - t)
             undisturbed = statistics.median(base)
             for i in range(runs):
@@ -93,14 +172,28 @@ def run_faults(fault: str, runs: int, *, workload: str = "reduction", n: int = 1
                     cluster.add_worker()
                 client.wait_for_workers(3, 60)
                 _wait_idle(client, 60)
-                delay = rng.uniform(0, 1.2 * undisturbed)
+                delay = rng.uniform(0, (0.5 if fault == "only-copy" else 1.2) * undisturbed)
+                if src is not None:  # held by one worker (computed again if it was lost)
+                    src.result(bound)
+                    holder = next(iter(client._pending[src.graph_id].held.values()))
+                killed: list[threading.Thread] = []
+                if fault == "during-gather":
+                    delay = 0.0
+                    fetch = _kill_at_first_fetch(client, cluster, extra, killed)
                 t0 = time.monotonic()
-                run = _Run(client, graph, w.outputs, bound)
+                run = _Run(client, graph, outputs, bound)
                 time.sleep(delay)
                 late = not run.is_alive()
                 victims = _live(cluster.workers) + _live(extra)
                 rng.shuffle(victims)
-                if fault == "stop":
+                if fault == "during-gather":
+                    run.join(bound + 30)
+                    client._fetch = fetch  # type: ignore[method-assign]
+                    late = not killed
+                elif fault == "only-copy":
+                    if not late:
+                        killed.append(_kill_worker(client, cluster, extra, holder))
+                elif fault == "stop":
                     v = victims[0]
                     os.kill(v.pid, signal.SIGSTOP)
                     time.sleep(1.5 * HEARTBEAT)
@@ -125,6 +218,8 @@ def run_faults(fault: str, runs: int, *, workload: str = "reduction", n: int = 1
                         for _ in range(k):
                             cluster.add_worker()
                 run.join(bound + 30)
+                for thread in killed:
+                    thread.join(30)
                 wall = (run.t_end or time.monotonic()) - t0
                 if run.is_alive() or isinstance(run.error, TimeoutError):
                     outcome, why = "hung", str(run.error or "the client never returned")
@@ -139,7 +234,11 @@ def run_faults(fault: str, runs: int, *, workload: str = "reduction", n: int = 1
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 if outcome == "hung":
                     break  # the cluster is in an unknown state: stop counting here
+            with contextlib.suppress(TimeoutError):  # replacements joined before closing
+                client.wait_for_workers(3, 60)
         finally:
+            if src is not None:
+                src.release()
             for p in extra:
                 if p.poll() is None:
                     p.kill()

@@ -5,6 +5,7 @@ calling the runners and feeds back an ``ExecutedEvent``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import TypeVar
@@ -320,3 +321,23 @@ def test_bad_input_is_refused() -> None:
         WorkerState(nthreads=0)
     with pytest.raises(TypeError, match="unknown event"):
         WorkerState().handle(FetchData(stimulus_id="x", peer=1, ids=[]))  # type: ignore[arg-type]
+
+
+def test_reports_echo_the_newest_assignment_and_older_releases_are_ignored() -> None:
+    """Task 5 runs (its first assignment) and is sent again as the third: the answer from
+    ``data`` says 3. A release naming the second assignment (sent before the third) keeps
+    the result; one naming the third frees it, and its number with it. Tasks sent once
+    report 1 without keeping any number."""
+    ws = WorkerState(nthreads=1, max_batch=4)
+    [ex] = of(ws.handle(compute([5, 6])), Execute)
+    [first] = of(ws.handle(execute(ex)), ReportFinished)
+    assert first.ids == [5, 6] and first.seqs is None  # all first assignments
+    again = dataclasses.replace(compute([5]), seqs=np.asarray([3], dtype=np.int32))
+    [answer] = of(ws.handle(again), ReportFinished)
+    assert answer.ids == [5] and answer.seqs == [3]
+    ws.handle(ReleaseDataEvent(stimulus_id="old", ids=np.asarray([5, 6]),
+                               seqs=np.asarray([2, 1], dtype=np.int32)))
+    assert set(ws.data) == {5}
+    ws.handle(ReleaseDataEvent(stimulus_id="new", ids=np.asarray([5]),
+                               seqs=np.asarray([3], dtype=np.int32)))
+    assert ws.data == {} and ws.seq == {}

@@ -3,7 +3,7 @@
 Scheduler side: ``graph_def_message`` introduces a graph to a worker once (its function table,
 its groups' key shapes and template blobs); ``compute_message`` carries a batch of tasks as
 arrays (ids, priorities, group and position of each task, dependency ids and the workers
-holding them) plus the opaque spec blob of each task of an explicit group.
+holding them, the number of each task's assignment) plus the opaque spec blob of each task of an explicit group.
 
 Worker side: ``GraphCatalog`` keeps what graph definitions said and turns a compute message
 into a ``ComputeTasksEvent``, compiling each template once per group.
@@ -13,6 +13,7 @@ Rules: no per-task Python on the scheduler side (numpy only); blobs stay opaque 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,12 @@ from ..wire.encodings import SpecLoader
 from ..wire.frames import WireError
 from .messages import Message, pack
 
-__all__ = ["GraphCatalog", "compute_message", "graph_def_message"]
+__all__ = ["MAX_TASKS_PER_MESSAGE", "GraphCatalog", "compute_message", "compute_messages",
+           "graph_def_message"]
+
+MAX_TASKS_PER_MESSAGE = 32_768
+"""Tasks in one compute message at most: a task of an explicit group brings a frame of its
+own (its spec), and a message holds at most ``FrameLimits.max_frames`` (65,536) frames."""
 
 
 def graph_def_message(seg: Segment, functions: bytes) -> list[Any]:
@@ -66,10 +72,22 @@ def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:
                 spec_at[rows] = np.arange(len(blobs), len(blobs) + len(rows))
                 blobs.extend(specs[p] for p in pos[rows].tolist())  # type: ignore[index]
     arrays = {"ids": ins.ids, "prio": seg.priority[local], "group": group.astype(np.int32),
-              "pos": pos, "dep_ptr": dep_ptr, "deps": deps, "holders": holders}
+              "pos": pos, "dep_ptr": dep_ptr, "deps": deps, "holders": holders,
+              "seq": seg.seq[local]}
     if spec_at is not None:
         arrays["spec_at"] = spec_at
     return pack("compute", {"sid": seg.sid}, arrays, blobs)
+
+
+def compute_messages(state: SchedulerState, ins: SendTasks) -> Iterator[list[Any]]:
+    """``compute_message`` for ``ins`` in batches of at most ``MAX_TASKS_PER_MESSAGE``
+    tasks (one message for all but the largest batches)."""
+    ids = ins.ids
+    for start in range(0, len(ids), MAX_TASKS_PER_MESSAGE):
+        part = ids if len(ids) <= MAX_TASKS_PER_MESSAGE else \
+            ids[start:start + MAX_TASKS_PER_MESSAGE]
+        yield compute_message(state, SendTasks(stimulus_id=ins.stimulus_id, worker=ins.worker,
+                                               segment=ins.segment, ids=part))
 
 
 class _Group:
@@ -135,7 +153,8 @@ class GraphCatalog:
         return ComputeTasksEvent(stimulus_id=stimulus_id, ids=msg.array("ids"),
                                  priorities=msg.array("prio"), runners=runners,
                                  indices=indices, dep_ptr=msg.array("dep_ptr"),
-                                 dep_ids=msg.array("deps"), dep_holders=msg.array("holders"))
+                                 dep_ids=msg.array("deps"), dep_holders=msg.array("holders"),
+                                 seqs=msg.arrays.get("seq"))
 
 
 class _LazySpec:

@@ -49,7 +49,7 @@ from ..state.worker import (
 from ..wire.encodings import decode_graph, encode_graph
 from ..wire.frames import pack_frames
 from .clocks import now_ns
-from .dispatch import GraphCatalog, compute_message, graph_def_message
+from .dispatch import GraphCatalog, compute_messages, graph_def_message
 from .messages import unpack
 from .worker import FIRST_BATCH, _run_batch, batch_size
 
@@ -172,13 +172,13 @@ class InProcessCluster:
                         msgs.append((s.worker, pack_frames(graph_def_message(
                             seg, self._functions.get(s.segment, b"")))))
                         self._introduced[s.worker].add(s.segment)
-                    msgs.append((s.worker, pack_frames(compute_message(self.state, s))))
+                    msgs.extend((s.worker, pack_frames(m)) for m in compute_messages(self.state, s))
             for w, chunks in msgs:
                 self._deliver(w, chunks)
         for i in instructions:
             if isinstance(i, ReleaseData):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
-                    ReleaseDataEvent(stimulus_id="release", ids=i.ids)))
+                    ReleaseDataEvent(stimulus_id="release", ids=i.ids, seqs=i.seqs)))
             elif isinstance(i, CancelTasks):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
                     CancelTasksEvent(stimulus_id="cancel", ids=i.ids)))

@@ -50,7 +50,7 @@ from ..wire.encodings import WireGraph, decode_graph, load_codecs
 from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
-from .dispatch import compute_message, graph_def_message
+from .dispatch import compute_messages, graph_def_message
 from .memory import peak_rss
 from .messages import Message, pack
 
@@ -69,6 +69,15 @@ class _Worker:
     nthreads: int
     last_seen: float
     introduced: set[int] = field(default_factory=set)
+
+
+def _any_seq(n: int) -> np.ndarray:
+    """Assignment numbers that stand for any assignment (newer than every real one)."""
+    return np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class SchedulerServer:
@@ -91,7 +100,7 @@ class SchedulerServer:
         self._server: asyncio.AbstractServer | None = None
         self._done = asyncio.Event()
         self._span_waiters: dict[int, asyncio.Future[Any]] = {}
-        self._finished_buf: list[tuple[int, np.ndarray]] = []
+        self._finished_buf: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._monitor: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         # segment id -> (client, graph id, tasks finished last told) for graphs whose client
@@ -246,7 +255,9 @@ class SchedulerServer:
             # reports read in one loop iteration are handled together: one state call
             if not self._finished_buf:
                 asyncio.get_running_loop().call_soon(self._flush_finished)
-            self._finished_buf.append((w.wid, msg.array("ids")))
+            ids = msg.array("ids")
+            seq = msg.arrays.get("seq")
+            self._finished_buf.append((w.wid, ids, _any_seq(len(ids)) if seq is None else seq))
         elif op == "erred":
             blob = bytes(msg.blobs[0]) if msg.blobs else b""
             self._run(TaskErredEvent(stimulus_id=self._sid("err"), worker=w.wid,
@@ -354,12 +365,14 @@ class SchedulerServer:
 
     def _flush_finished(self) -> None:
         buf, self._finished_buf = self._finished_buf, []
-        by_worker: dict[int, list[np.ndarray]] = {}
-        for wid, ids in buf:
-            by_worker.setdefault(wid, []).append(ids)
+        by_worker: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for wid, ids, seq in buf:
+            parts = by_worker.setdefault(wid, ([], []))
+            parts[0].append(ids)
+            parts[1].append(seq)
         events = [TasksFinishedEvent(stimulus_id=self._sid("done"), worker=wid,
-                                     ids=parts[0] if len(parts) == 1 else np.concatenate(parts))
-                  for wid, parts in by_worker.items() if wid in self.workers]
+                                     ids=_cat(ids), seqs=_cat(seqs))
+                  for wid, (ids, seqs) in by_worker.items() if wid in self.workers]
         if not events:
             return
         with self.recorder.span(Stage.execute, tasks=sum(len(e.ids) for e in events),
@@ -389,13 +402,15 @@ class SchedulerServer:
         if not instructions:
             return
         sends: dict[tuple[int, int], list[np.ndarray]] = {}
-        releases: dict[int, list[np.ndarray]] = {}
+        releases: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         cancels: dict[int, list[np.ndarray]] = {}
         for ins in instructions:
             if isinstance(ins, SendTasks):
                 sends.setdefault((ins.worker, ins.segment), []).append(ins.ids)
             elif isinstance(ins, ReleaseData):
-                releases.setdefault(ins.worker, []).append(ins.ids)
+                rel = releases.setdefault(ins.worker, ([], []))
+                rel[0].append(ins.ids)
+                rel[1].append(_any_seq(len(ins.ids)) if ins.seqs is None else ins.seqs)
             elif isinstance(ins, CancelTasks):
                 cancels.setdefault(ins.worker, []).append(ins.ids)
             elif isinstance(ins, KeysInMemory):
@@ -424,12 +439,12 @@ class SchedulerServer:
                         sp.nbytes += self._post(worker, graph_def_message(
                             seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
-                    frames = compute_message(self.state, SendTasks(
-                        stimulus_id="", worker=w, segment=sid, ids=ids))
-                    sp.nbytes += self._post(worker, frames)
-                    sp.messages += 1
-        for w, parts in releases.items():
-            self._to_worker(w, "release", {}, {"ids": np.concatenate(parts)})
+                    for frames in compute_messages(self.state, SendTasks(
+                            stimulus_id="", worker=w, segment=sid, ids=ids)):
+                        sp.nbytes += self._post(worker, frames)
+                        sp.messages += 1
+        for w, (rel_ids, rel_seqs) in releases.items():
+            self._to_worker(w, "release", {}, {"ids": _cat(rel_ids), "seq": _cat(rel_seqs)})
         live = set(self.state.segments)
         for sid in [s for s in self.functions if s not in live]:
             del self.functions[sid]

@@ -170,6 +170,7 @@ class WorkerServer:
         self._peer_comms: dict[str, Comm] = {}
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._finished: list[int] = []
+        self._finished_seq: list[int] = []  # the assignment each report answers
         self._flush_pending = False
         self._failed_graphs: dict[int, str] = {}
         self._ranges: dict[int, tuple[int, int]] = {}  # graph id -> (first task id, tasks)
@@ -261,7 +262,8 @@ class WorkerServer:
             except SpecLoadError as e:
                 self._failed_graphs[int(msg["sid"])] = str(e)
         elif op == "release":
-            self._handle(ReleaseDataEvent(stimulus_id="release", ids=msg.array("ids")))
+            self._handle(ReleaseDataEvent(stimulus_id="release", ids=msg.array("ids"),
+                                          seqs=msg.arrays.get("seq")))
         elif op == "cancel":
             self._handle(CancelTasksEvent(stimulus_id="cancel", ids=msg.array("ids")))
         elif op == "forget-graph":
@@ -324,6 +326,7 @@ class WorkerServer:
                 fut.add_done_callback(functools.partial(self._batch_done, len(ins.tasks)))
             elif isinstance(ins, ReportFinished):
                 self._finished.extend(ins.ids)
+                self._finished_seq.extend(ins.seqs or [1] * len(ins.ids))
                 if len(self._finished) >= REPORT_BATCH:
                     self._flush_finished()
                 elif not self._flush_pending:
@@ -366,11 +369,13 @@ class WorkerServer:
     def _flush_finished(self) -> None:
         self._flush_pending = False
         ids, self._finished = self._finished, []
+        seqs, self._finished_seq = self._finished_seq, []
         if ids and self._scheduler is not None:
             with contextlib.suppress(CommClosedError), \
                     self.recorder.span(Stage.execute, messages=1) as sp:
-                sp.nbytes = self._scheduler.post_msg("finished", {},
-                                                     {"ids": np.asarray(ids, dtype=np.int64)})
+                sp.nbytes = self._scheduler.post_msg(
+                    "finished", {}, {"ids": np.asarray(ids, dtype=np.int64),
+                                     "seq": np.asarray(seqs, dtype=np.int32)})
 
     # --- data between workers -------------------------------------------------------------------
 

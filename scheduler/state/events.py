@@ -55,9 +55,13 @@ class GraphSubmittedEvent(SchedulerEvent):
 
 @dataclass(**_DC)
 class TasksFinishedEvent(SchedulerEvent):
+    """``worker`` holds the results of ``ids``; ``seqs[i]`` is the number of the assignment
+    of ``ids[i]`` it answers (see ``Segment.seq``; ``None``: the current ones)."""
+
     worker: int
     ids: np.ndarray
     nbytes: np.ndarray | None = None
+    seqs: np.ndarray | None = None
 
 
 @dataclass(**_DC)
@@ -98,7 +102,8 @@ class Instruction:
 
 @dataclass(**_DC)
 class SendTasks(Instruction):
-    """Run tasks ``ids`` of segment ``segment`` (global ids, priority order) on ``worker``."""
+    """Run tasks ``ids`` of segment ``segment`` (global ids, priority order) on ``worker``.
+    The message carries each task's assignment number (``Segment.seq``) with it."""
 
     worker: int
     segment: int
@@ -113,8 +118,12 @@ class CancelTasks(Instruction):
 
 @dataclass(**_DC)
 class ReleaseData(Instruction):
+    """Free the results ``ids`` on ``worker``: each one unless the worker was sent that task
+    again after assignment ``seqs[i]`` (``None``: whatever the assignment)."""
+
     worker: int
     ids: np.ndarray
+    seqs: np.ndarray | None = None
 
 
 @dataclass(**_DC)

@@ -302,8 +302,9 @@ class SchedulerState:
                             for w in unique(ws)]) if len(ws) else np.zeros(0, bool)
         for w, ok in zip(unique(ws), alive, strict=True):
             if ok:
+                sel = local[ws == w]
                 self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
-                                             ids=local[ws == w] + seg.base))
+                                             ids=sel + seg.base, seqs=seg.seq[sel]))
         seg.worker[local] = -1
         if self._copies:
             self._release_copies(local + seg.base)
@@ -676,21 +677,29 @@ class SchedulerState:
     def _tasks_finished(self, ev: TasksFinishedEvent) -> None:
         w = ev.worker
         ids = np.asarray(ev.ids, dtype=np.int64)
-        known = 0
-        stale: list[np.ndarray] = []
-        for seg, local in self._split(ids):
-            known += len(local)
-            ok = (seg.state[local] == S.processing) & (seg.worker[local] == w)
+        seqs = None if ev.seqs is None else np.asarray(ev.seqs, dtype=np.int64)
+        live = self._is_live(ids)
+        # answered with ReleaseData: (ids, their reported assignment numbers)
+        stale: list[tuple[np.ndarray, np.ndarray | None]] = []
+        if not live.all():  # tasks of graphs dropped meanwhile
+            stale.append((ids[~live], None if seqs is None else seqs[~live]))
+            ids = ids[live]
+            seqs = None if seqs is None else seqs[live]
+        for seg, (pos, local) in self._split_positions(ids):
+            here = seg.worker[local] == w
+            proc = seg.state[local] == S.processing
+            ok = proc & here
+            if seqs is not None:
+                # a report of an older assignment than the current one is stale even when
+                # the task is processing there again (sent back after a release or a
+                # cancel): the worker may have dropped that result since
+                older: np.ndarray = seqs[pos] < seg.seq[local]
+                ok &= ~older
+            else:
+                older = np.zeros(len(local), dtype=bool)
             if not ok.all():
-                # a stale report (the task was cancelled or moved away meanwhile): the
-                # worker holds a result nobody tracks, so it frees it; if the task is in
-                # memory elsewhere, tasks sent there may read this copy: it is freed with
-                # the result
-                bad = local[~ok]
-                mem = seg.state[bad] == S.memory
-                for g in (bad[mem & (seg.worker[bad] != w)] + seg.base).tolist():
-                    self._copies.setdefault(g, set()).add(w)
-                stale.append(bad[~mem] + seg.base)
+                self._stale_finished(seg, w, local[~ok], (proc & here & older)[~ok],
+                                     None if seqs is None else seqs[pos][~ok], stale)
                 local = local[ok]
             if not len(local):
                 continue
@@ -699,16 +708,47 @@ class SchedulerState:
             self.occupancy[w] -= len(local)
             seg.worker[local] = w
             self._finished_bookkeeping(seg, local)
-        if known < len(ids):
-            stale.append(ids[~self._is_live(ids)])  # tasks of graphs dropped meanwhile
-        gone = np.concatenate(stale) if stale else _EMPTY
-        if len(gone) and w < len(self.nthreads) and self.nthreads[w] > 0:
-            self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=w, ids=gone))
+        if stale and w < len(self.nthreads) and self.nthreads[w] > 0:
+            gone = np.concatenate([g for g, _ in stale])
+            if len(gone):
+                given = all(s is not None for _, s in stale)
+                self._out.append(ReleaseData(
+                    stimulus_id=self._stimulus, worker=w, ids=gone,
+                    seqs=np.concatenate([s for _, s in stale if s is not None]).astype(np.int32)
+                    if given else None))
+
+    def _stale_finished(self, seg: Segment, w: int, bad: np.ndarray, coming: np.ndarray,
+                        seqs: np.ndarray | None,
+                        stale: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """A stale report from ``w`` of tasks ``bad`` (cancelled, moved away, of an older
+        assignment, or already in memory): the worker holds results nobody tracks, and is
+        told to free them, except where they are the tracked result (in memory there), or a
+        newer assignment of the task is on its way there (``coming``: its report will stand
+        for it), or a task processing there may read them (a copy of a result held
+        elsewhere, which tasks sent there read in place of fetching it: freed with that
+        result)."""
+        mem = seg.state[bad] == S.memory
+        held_here = mem & (seg.worker[bad] == w)
+        keep = held_here | coming
+        elsewhere = np.flatnonzero(mem & ~held_here)
+        for i in elsewhere.tolist():  # rare: a copy of a result another worker holds
+            g = int(bad[i]) + seg.base
+            users = self._gather(np.asarray([g]), dependents=True)
+            if len(users) and ((self._states(users) == S.processing)
+                               & (self.holders(users) == w)).any():
+                self._copies.setdefault(g, set()).add(w)
+                keep[i] = True
+        free = ~keep
+        if free.any():
+            stale.append((bad[free] + seg.base, None if seqs is None else seqs[free]))
 
     def _is_live(self, gids: np.ndarray) -> np.ndarray:
         """Whether each global id belongs to a live segment."""
         if not self._by_base:
             return np.zeros(len(gids), dtype=bool)
+        if len(self._by_base) == 1:  # the common case: one graph
+            seg = self._by_base[0]
+            return (gids >= seg.base) & (gids < seg.base + seg.n)
         where = np.searchsorted(self._bases, gids, side="right") - 1
         ends = np.asarray([s.base + s.n for s in self._by_base], dtype=np.int64)
         return (where >= 0) & (gids < ends[np.maximum(where, 0)])
@@ -723,13 +763,14 @@ class SchedulerState:
             newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
             self._transition(seg, newly, S.ready)
         if self._cross:
-            for g in self._with_cross(local + seg.base):
-                for u in self._cross[g]:
-                    useg = self.segment_of(u)
-                    ui = u - useg.base
-                    useg.waiting[ui] -= 1
-                    if useg.waiting[ui] == 0 and useg.state[ui] == S.waiting:
-                        self._transition(useg, np.asarray([ui]), S.ready)
+            # dependents in later graphs (a result many tasks of another graph read: one
+            # batch per graph, not a transition per task)
+            users = [u for g in self._with_cross(local + seg.base) for u in self._cross[g]]
+            for useg, ul in self._split(np.asarray(users, dtype=np.int64)):
+                np.subtract.at(useg.waiting, ul, 1)
+                cand = unique(ul)
+                newly = cand[(useg.waiting[cand] == 0) & (useg.state[cand] == S.waiting)]
+                self._transition(useg, newly, S.ready)
         # dependencies: one consumer fewer; free what nobody needs any more
         deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, local)
         for dseg, dl in self._split(deps):
@@ -917,8 +958,9 @@ class SchedulerState:
         mem = np.nonzero(seg.state == S.memory)[0]
         for w in unique(seg.worker[mem]):
             if self.nthreads[int(w)] > 0:
+                sel = mem[seg.worker[mem] == w]
                 self._out.append(ReleaseData(stimulus_id=self._stimulus, worker=int(w),
-                                             ids=mem[seg.worker[mem] == w] + seg.base))
+                                             ids=sel + seg.base, seqs=seg.seq[sel]))
         if self._copies:
             self._release_copies(mem + seg.base)
         del self.segments[seg.sid]
@@ -1081,6 +1123,7 @@ class SchedulerState:
     def _assign(self, seg: Segment, local: np.ndarray, choice: np.ndarray) -> None:
         self._transition(seg, local, S.processing)
         seg.worker[local] = choice
+        seg.seq[local] += 1  # a new assignment: reports of older ones are stale
         for w in unique(choice):
             sel = local[choice == w]
             sel = sel[np.argsort(seg.priority[sel], kind="stable")]

@@ -70,7 +70,7 @@ class Segment:
                  "remaining", "wanted", "worker", "priority", "dep_ptr", "dep_idx",
                  "dpt_ptr", "dpt_idx", "shared", "outputs", "outputs_left", "refs",
                  "uses", "n_dependents", "released", "finished", "alias", "alias_gid",
-                 "ext_ids")
+                 "ext_ids", "seq")
 
     def __init__(self, sid: int, base: int, graph: TaskGraph, client: str, graph_id: str,
                  dep_ptr: np.ndarray, dep_idx: np.ndarray) -> None:
@@ -100,6 +100,9 @@ class Segment:
         self.wanted = np.zeros(n, dtype=np.int32)
         self.worker = np.full(n, -1, dtype=np.int32)
         self.priority = np.zeros(n, dtype=np.int64)
+        # how many times each task was sent to a worker: the number of its current
+        # assignment, echoed in reports so that one of an older assignment is told apart
+        self.seq = np.zeros(n, dtype=np.int32)
         self.shared = np.zeros(0, dtype=np.int64)
         self.outputs = np.zeros(0, dtype=np.int64)
         self.outputs_left = 0

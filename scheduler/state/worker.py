@@ -18,6 +18,12 @@ is already running is left to finish and reported. A dependency being fetched fr
 and named again with another holder is fetched from that holder too: the scheduler moved
 it because the first one is gone. Results the scheduler never accepted are dropped with
 their graph (``ForgetGraphEvent``).
+
+Assignments are numbered: each time the scheduler sends a task it counts one more
+(``seqs``), reports echo the number of the newest assignment received of each task, and a
+release names the assignment it frees: one older than the newest received here is ignored
+(the scheduler sent the task again since, and the report of that one will stand for it).
+Numbers are kept only for tasks sent more than once (``seq``); the others are 1.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class ComputeTasksEvent(WorkerEvent):
     dep_ptr: np.ndarray
     dep_ids: np.ndarray
     dep_holders: np.ndarray
+    seqs: np.ndarray | None = None
+    """Number of each task's assignment (``None``: all first ones)."""
 
 
 @dataclass(**_DC)
@@ -82,7 +90,11 @@ class DataFetchedEvent(WorkerEvent):
 
 @dataclass(**_DC)
 class ReleaseDataEvent(WorkerEvent):
+    """Free results ``ids``, each unless a newer assignment than ``seqs[i]`` came here
+    (``None``: whatever the assignment)."""
+
     ids: np.ndarray
+    seqs: np.ndarray | None = None
 
 
 @dataclass(**_DC)
@@ -119,7 +131,10 @@ class FetchData(WorkerInstruction):
 
 @dataclass(**_DC)
 class ReportFinished(WorkerInstruction):
+    """Results of ``ids`` are here, answering assignments ``seqs`` (``None``: all 1)."""
+
     ids: list[int]
+    seqs: list[int] | None = None
 
 
 @dataclass(**_DC)
@@ -166,6 +181,7 @@ class WorkerState:
         self.running: set[int] = set()             # handed to a thread, not reported yet
         self.running_batches = 0
         self.executed = 0
+        self.seq: dict[int, int] = {}              # newest assignment received, if not 1
         self._out: list[WorkerInstruction] = []
         self._stimulus = ""
 
@@ -180,8 +196,7 @@ class WorkerState:
             elif isinstance(ev, DataFetchedEvent):
                 self._fetched(ev)
             elif isinstance(ev, ReleaseDataEvent):
-                for t in ev.ids.tolist():
-                    self.data.pop(t, None)
+                self._release(ev)
             elif isinstance(ev, CancelTasksEvent):
                 for t in ev.ids.tolist():
                     self._drop(t)
@@ -196,6 +211,12 @@ class WorkerState:
     # --- events ------------------------------------------------------------------------------
 
     def _compute(self, ev: ComputeTasksEvent) -> None:
+        if ev.seqs is not None and len(ev.seqs) and ev.seqs.max() > 1:
+            again = np.flatnonzero(ev.seqs > 1)  # tasks sent before: few
+            seq = self.seq
+            for t, s in zip(ev.ids[again].tolist(), ev.seqs[again].tolist(), strict=True):
+                if s > seq.get(t, 1):
+                    seq[t] = s
         ids = ev.ids.tolist()
         prio = ev.priorities.tolist()
         ptr = ev.dep_ptr.tolist()
@@ -233,7 +254,7 @@ class WorkerState:
         for peer, want in fetch.items():
             self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
         if done:
-            self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=done))
+            self._report(done)
 
     def _executed(self, ev: ExecutedEvent) -> None:
         if not ev.partial:
@@ -243,10 +264,27 @@ class WorkerState:
         self.running.difference_update(t for t, _, _ in ev.errors)
         self.executed += len(ev.results) + len(ev.errors)
         if ev.results:
-            self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=list(ev.results)))
+            self._report(list(ev.results))
         for tid, blob, text in ev.errors:
             self._out.append(ReportErred(stimulus_id=self._stimulus, id=tid, error=blob,
                                          text=text))
+
+    def _report(self, ids: list[int]) -> None:
+        seq = self.seq
+        self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=ids,
+                                        seqs=[seq.get(t, 1) for t in ids] if seq else None))
+
+    def _release(self, ev: ReleaseDataEvent) -> None:
+        data, seq = self.data, self.seq
+        if ev.seqs is None or not seq:  # no task here was sent twice: nothing is newer
+            for t in ev.ids.tolist():
+                data.pop(t, None)
+                seq.pop(t, None)
+            return
+        for t, s in zip(ev.ids.tolist(), ev.seqs.tolist(), strict=True):
+            if seq.get(t, 1) <= s:  # else: sent again since, and reported for that
+                data.pop(t, None)
+                seq.pop(t, None)
 
     def _fetched(self, ev: DataFetchedEvent) -> None:
         fetching = self.fetching
@@ -301,6 +339,9 @@ class WorkerState:
         ids = range(lo, hi) if hi - lo < len(data) else list(data)  # the fewer to look at
         for t in [t for t in ids if lo <= t < hi and t in data and t not in self.fetched_users]:
             del data[t]
+        if self.seq:
+            for t in [t for t in self.seq if lo <= t < hi]:
+                del self.seq[t]
 
     def _unuse(self, d: int) -> None:
         n = self.fetched_users.get(d)
