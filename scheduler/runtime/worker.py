@@ -50,6 +50,7 @@ from ..wire.frames import WireError
 from .clocks import clock_identity, estimate_offset, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve, token_ok
 from .dispatch import GraphCatalog
+from .gcpolicy import task_gc
 from .memory import peak_rss
 from .messages import Message
 
@@ -481,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.nthreads < 1:
         p.error("--nthreads must be at least 1")
     try:
-        asyncio.run(_main_async(args))
+        with task_gc():
+            asyncio.run(_main_async(args))
     except (ConnectionError, OSError) as e:
         print(f"stagecost worker: {e}", file=sys.stderr)
         sys.exit(1)
