@@ -85,3 +85,24 @@ def test_a_graph_with_external_keys_is_refused_with_a_reason() -> None:
     g = TaskGraph.from_dict({"y": Task(abs, Ref("x"))}, external=["x"])
     with pytest.raises(ValueError, match="external keys"):
         run_graph(g, ["y"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_million_task_shuffle_on_the_reference_equals_the_floor(client: Client) -> None:
+    """The 1,000,000-task shuffle (944,784 tasks: 104,976 partitions in 4 stages of 18-way
+    splits, 7.6 million edges) end to end over TCP on 2 workers gives, partition by partition,
+    what the floor gives; and the floor's partitions hold exactly the items the inputs send to
+    them. The timeouts only guard against a hang."""
+    from tests.test_faults import shuffle_expected
+
+    w = build("shuffle", 1_000_000)
+    graph = w.lower()
+    m = w.params["partitions"]
+    assert graph.n == w.n_tasks >= 900_000
+    got = client.run(graph, w.outputs, timeout=600).results
+    floor = run_graph(graph, w.outputs)
+    assert len(got) == len(floor) == m
+    assert got == floor
+    expected = shuffle_expected(m)
+    assert all(sorted(floor[("shuffle", j)]) == expected[j] for j in range(m))

@@ -15,6 +15,8 @@ Rules:
 - Values are released a group at a time: once the last group that reads a group has run,
   that group's values (unless they are outputs) are dropped, so a ten-million-task chain of
   layers does not keep every intermediate result alive. The release is O(groups).
+- The tasks run under the workers' garbage-collector settings (``task_gc``), so that the
+  floor and a worker pay the same for keeping results alive.
 - Spans: one ``execute`` span per group, recorded as role ``worker-0`` (the one process runs
   the tasks as a worker would), so that time to first task means the same as elsewhere.
 """
@@ -114,13 +116,15 @@ class FloorBackend(Backend):
     def run_once(self, workload: Workload, progress: Any = None) -> Measurement:
         from harness.backends.reference import prepare_graph
         from scheduler.runtime.clocks import now_ns
+        from scheduler.runtime.gcpolicy import task_gc
 
         record = self.record
         client = SpanRecorder("client", enabled=record)
         worker = SpanRecorder("worker-0", enabled=record)
         t0 = now_ns()
         graph = prepare_graph(workload, client, self.options.fuse)
-        results = run_graph(graph, workload.outputs, worker)
+        with task_gc():  # as on the reference's workers
+            results = run_graph(graph, workload.outputs, worker)
         t_end = now_ns()
         if len(results) != len(workload.outputs):
             raise BackendError(f"{len(results)} results for {len(workload.outputs)} outputs")

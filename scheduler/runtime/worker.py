@@ -3,7 +3,9 @@
 Rules: the event loop thread owns the state machine; threads only run batches of tasks
 (``Execute``) on arguments already gathered, and hand back results. Finished tasks are
 reported in one message per loop iteration, not per task. Peers (other workers, clients)
-fetch results with ``get-data``; results are pickled here, in batches. The worker exits when
+fetch results with ``get-data``; results are pickled here, in batches. A worker has one
+``get-data`` request under way per peer at a time; the dependencies wanted meanwhile go in the
+next one. The worker exits when
 its scheduler connection ends, when told to close, or when its parent process dies.
 
 Spans: ``dispatch`` (receiving and decoding task batches), ``execute`` (running batches,
@@ -50,6 +52,7 @@ from ..wire.frames import WireError
 from .clocks import clock_identity, estimate_offset, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, connect, serve, token_ok
 from .dispatch import GraphCatalog
+from .gcpolicy import task_gc
 from .memory import peak_rss
 from .messages import Message
 
@@ -173,6 +176,7 @@ class WorkerServer:
         self._finished_seq: list[int] = []  # the assignment each report answers
         self._flush_pending = False
         self._failed_graphs: dict[int, str] = {}
+        self._wanted: dict[int, list[int]] = {}  # peer -> ids to ask for in its next request
         self._ranges: dict[int, tuple[int, int]] = {}  # graph id -> (first task id, tasks)
         self._done = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
@@ -333,7 +337,7 @@ class WorkerServer:
                     self._flush_pending = True
                     loop.call_later(REPORT_INTERVAL, self._flush_finished)
             elif isinstance(ins, FetchData):
-                self._spawn(self._fetch(ins.peer, ins.ids))
+                self._want(ins.peer, ins.ids)
             elif isinstance(ins, ReportErred) and sched is not None:
                 blob = ins.error or dumps_error(TypeError(ins.text))[0]
                 with contextlib.suppress(CommClosedError):
@@ -391,6 +395,25 @@ class WorkerServer:
                 comm.post_msg("hello-peer", hello)
                 self._peer_comms[address] = comm
             return comm
+
+    def _want(self, peer: int, ids: list[int]) -> None:
+        """Fetch ``ids`` from ``peer``: one request at a time per peer, and what is wanted
+        while one is under way goes in the next one, so that batches arriving together cost
+        one round trip, not one each."""
+        pending = self._wanted.get(peer)
+        if pending is not None:
+            pending += ids
+            return
+        self._wanted[peer] = list(ids)
+        self._spawn(self._fetch_from(peer))
+
+    async def _fetch_from(self, peer: int) -> None:
+        try:
+            while ids := self._wanted.get(peer):
+                self._wanted[peer] = []
+                await self._fetch(peer, ids)
+        finally:
+            self._wanted.pop(peer, None)
 
     async def _fetch(self, peer: int, ids: list[int]) -> None:
         address = self.peers.get(peer)
@@ -486,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.nthreads < 1:
         p.error("--nthreads must be at least 1")
     try:
-        asyncio.run(_main_async(args))
+        with task_gc():
+            asyncio.run(_main_async(args))
     except (ConnectionError, OSError) as e:
         print(f"stagecost worker: {e}", file=sys.stderr)
         sys.exit(1)

@@ -759,8 +759,9 @@ class SchedulerState:
         if len(dpts):
             dl = dpts - seg.base
             np.subtract.at(seg.waiting, dl, 1)
-            cand = unique(dl)
-            newly = cand[(seg.waiting[cand] == 0) & (seg.state[cand] == S.waiting)]
+            # only the dependents that reached zero are sorted, not every edge
+            cand = unique(dl[seg.waiting[dl] == 0])
+            newly = cand[seg.state[cand] == S.waiting]
             self._transition(seg, newly, S.ready)
         if self._cross:
             # dependents in later graphs (a result many tasks of another graph read: one
@@ -775,8 +776,7 @@ class SchedulerState:
         deps, _ = csr_gather(seg.dep_ptr, seg.dep_idx, local)
         for dseg, dl in self._split(deps):
             np.subtract.at(dseg.remaining, dl, 1)
-            cand = unique(dl)
-            self._release_unneeded(dseg, cand)
+            self._release_unneeded(dseg, unique(dl[dseg.remaining[dl] <= 0]))
         # finished tasks nobody depends on and nobody wants (not culled by the client)
         self._release_unneeded(seg, local)
         # outputs, to every graph that asked for them

@@ -29,8 +29,10 @@ Numbers are kept only for tasks sent more than once (``seq``); the others are 1.
 from __future__ import annotations
 
 import heapq
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -221,40 +223,84 @@ class WorkerState:
         prio = ev.priorities.tolist()
         ptr = ev.dep_ptr.tolist()
         dep_ids = ev.dep_ids.tolist()
-        holders = ev.dep_holders.tolist()
-        data, ready, tasks = self.data, self.ready, self.tasks
-        fetching = self.fetching
-        fetch: dict[int, list[int]] = {}
+        data, ready, tasks, running = self.data, self.ready, self.tasks, self.running
+        fetched_users = self.fetched_users
+        runners, indices = ev.runners, ev.indices
+        new = np.ones(len(ids), dtype=bool)
+        fresh: list[_Task] = []
         done: list[int] = []
         for i, tid in enumerate(ids):
-            if tid in tasks or tid in self.running:
+            if tid in tasks or tid in running:
+                new[i] = False
                 continue  # already here: it is reported when it has run
             if tid in data:
                 # done before it came (sent again after a cancel that crossed our report):
                 # report it again; a fetched copy becomes a result of ours
-                self.fetched_users.pop(tid, None)
+                fetched_users.pop(tid, None)
                 done.append(tid)
+                new[i] = False
                 continue
-            deps = dep_ids[ptr[i]:ptr[i + 1]]
-            task = _Task(tid, prio[i], ev.runners[i], deps, ev.indices[i])
+            task = _Task(tid, prio[i], runners[i], dep_ids[ptr[i]:ptr[i + 1]], indices[i])
             tasks[tid] = task
-            for j in range(ptr[i], ptr[i + 1]):
-                d = dep_ids[j]
-                if d not in data:
-                    task.missing += 1
-                    self.waiters.setdefault(d, []).append(tid)
-                    self.fetched_users[d] = self.fetched_users.get(d, 0) + 1
-                    if fetching.get(d) != holders[j]:
-                        fetching[d] = holders[j]
-                        fetch.setdefault(holders[j], []).append(d)
-                elif d in self.fetched_users:
-                    self.fetched_users[d] += 1
+            fresh.append(task)
+        if dep_ids and fresh:
+            self._wait_for(ev, new, dep_ids, fresh)
+        for task in fresh:
             if not task.missing:
-                heapq.heappush(ready, (task.priority, tid))
-        for peer, want in fetch.items():
-            self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
+                heapq.heappush(ready, (task.priority, task.id))
         if done:
             self._report(done)
+
+    def _wait_for(self, ev: ComputeTasksEvent, new: np.ndarray, dep_ids: list[int],
+                  fresh: list[_Task]) -> None:
+        """Count the missing dependencies of the ``new`` tasks of ``ev`` (``fresh``, in
+        order), note who waits for them and ask their holders; note the local uses of
+        fetched copies. Per distinct dependency, not per edge: the edges are arrays."""
+        data, fetched_users, fetching = self.data, self.fetched_users, self.fetching
+        deps = ev.dep_ids
+        counts = np.diff(ev.dep_ptr)
+        row = np.repeat(np.arange(len(counts)), counts)  # task row of each edge
+        here = np.fromiter(map(data.__contains__, dep_ids), dtype=bool, count=len(dep_ids))
+        edge_new = new[row]
+        # fetched copies already here gain users
+        if fetched_users:
+            used = deps[edge_new & here]
+            if len(used):
+                for d in filter(fetched_users.__contains__, used.tolist()):
+                    fetched_users[d] += 1
+        lack = edge_new & ~here
+        if not lack.any():
+            return
+        lack_row = row[lack]
+        per_row = np.bincount(lack_row, minlength=len(counts))[new]
+        for task, m in zip(fresh, per_row.tolist(), strict=True):
+            task.missing = m
+        lack_dep = deps[lack]
+        order = np.argsort(lack_dep, kind="stable")
+        lack_dep = lack_dep[order]
+        first = np.flatnonzero(np.diff(lack_dep, prepend=lack_dep[0] - 1))
+        bounds = np.append(first, len(lack_dep)).tolist()
+        waiting_ids = ev.ids[lack_row[order]].tolist()
+        holders = ev.dep_holders[lack][order][first].tolist()
+        waiters = self.waiters
+        fetch: dict[int, list[int]] = {}
+        for k, (d, h) in enumerate(zip(lack_dep[first].tolist(), holders, strict=True)):
+            a, b = bounds[k], bounds[k + 1]
+            w = waiters.get(d)
+            if w is None:
+                waiters[d] = waiting_ids[a:b]
+            else:
+                w.extend(waiting_ids[a:b])
+            fetched_users[d] = fetched_users.get(d, 0) + (b - a)
+            if fetching.get(d) != h:
+                fetching[d] = h
+                f = fetch.get(h)
+                if f is None:
+                    fetch[h] = [d]
+                else:
+                    f.append(d)
+        for peer, want in fetch.items():
+            self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
 
     def _executed(self, ev: ExecutedEvent) -> None:
         if not ev.partial:
@@ -277,9 +323,10 @@ class WorkerState:
     def _release(self, ev: ReleaseDataEvent) -> None:
         data, seq = self.data, self.seq
         if ev.seqs is None or not seq:  # no task here was sent twice: nothing is newer
-            for t in ev.ids.tolist():
-                data.pop(t, None)
-                seq.pop(t, None)
+            ids = ev.ids.tolist()
+            deque(map(data.pop, ids, repeat(None)), maxlen=0)
+            if seq:
+                deque(map(seq.pop, ids, repeat(None)), maxlen=0)
             return
         for t, s in zip(ev.ids.tolist(), ev.seqs.tolist(), strict=True):
             if seq.get(t, 1) <= s:  # else: sent again since, and reported for that
@@ -287,18 +334,23 @@ class WorkerState:
                 seq.pop(t, None)
 
     def _fetched(self, ev: DataFetchedEvent) -> None:
-        fetching = self.fetching
+        fetching, waiters, data, tasks = self.fetching, self.waiters, self.data, self.tasks
+        woken: list[int] = []  # a task once per dependency of it that arrived
         for d, value in ev.values.items():
             fetching.pop(d, None)
-            if d not in self.waiters:
+            w = waiters.pop(d, None)
+            if w is None:
                 continue  # nobody waits any more (cancelled meanwhile)
-            self.data[d] = value
-            for tid in self.waiters.pop(d):
-                task = self.tasks.get(tid)
+            data[d] = value
+            woken += w
+        if woken:
+            ready = self.ready
+            for tid, n in Counter(woken).items():
+                task = tasks.get(tid)
                 if task is not None:
-                    task.missing -= 1
+                    task.missing -= n
                     if task.missing == 0:
-                        heapq.heappush(self.ready, (task.priority, tid))
+                        heapq.heappush(ready, (task.priority, tid))
         for d, reason in ev.unserializable.items():
             fetching.pop(d, None)
             for tid in self.waiters.pop(d, ()):
@@ -343,35 +395,44 @@ class WorkerState:
             for t in [t for t in self.seq if lo <= t < hi]:
                 del self.seq[t]
 
-    def _unuse(self, d: int) -> None:
+    def _unuse(self, d: int, uses: int = 1) -> None:
+        """``uses`` local readers of ``d`` are done with it: a fetched copy nobody needs any
+        more is dropped."""
         n = self.fetched_users.get(d)
         if n is None:
             return
-        if n <= 1:
+        if n <= uses:
             del self.fetched_users[d]
             if d not in self.waiters:
                 self.data.pop(d, None)
         else:
-            self.fetched_users[d] = n - 1
+            self.fetched_users[d] = n - uses
 
     # --- running -----------------------------------------------------------------------------
 
     def _start_batches(self) -> None:
-        ready, tasks, data = self.ready, self.tasks, self.data
+        ready, tasks, data, running = self.ready, self.tasks, self.data, self.running
+        fetched_users = self.fetched_users
+        get = data.__getitem__
         while self.running_batches < self.nthreads and ready:
             size = min(self.max_batch, len(ready) // self.nthreads + 1)
             batch: list[tuple[int, Callable[[list, tuple], Any], list, tuple]] = []
+            used: list[int] = []  # dependencies read by the batch, once per read
             while ready and len(batch) < size:
                 _, tid = heapq.heappop(ready)
                 task = tasks.get(tid)
                 if task is None or task.missing:
                     continue  # stale entry: cancelled, or sent again and still waiting
                 del tasks[tid]
-                self.running.add(tid)
-                batch.append((tid, task.runner, [data[d] for d in task.deps], task.index))
-                for d in task.deps:
-                    if d in self.fetched_users:
-                        self._unuse(d)
+                running.add(tid)
+                deps = task.deps
+                batch.append((tid, task.runner, list(map(get, deps)), task.index))
+                used += deps
+            if fetched_users and used:
+                # fetched copies lose the users that just read them (their arguments are
+                # gathered already)
+                for d, n in Counter(filter(fetched_users.__contains__, used)).items():
+                    self._unuse(d, n)
             if batch:
                 self.running_batches += 1
                 self._out.append(Execute(stimulus_id=self._stimulus, tasks=batch))
