@@ -308,6 +308,16 @@ class Client:
         assert self._comm is not None
         t_submit = now_ns()
         graph_id = f"{self.name}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        with self.recorder.span(Stage.serialize, tasks=layers.n_tasks, messages=1) as sp:
+            frames = encode_graph(layers, "layers", outputs=names)
+            nbytes = sum(len(f) for f in frames)
+            sp.nbytes = nbytes
+        self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": now_ns() + self.offset_ns,
+                                      "encoding": "layers", "progress": task_progress is not None},
+                            None, frames)
+        self._comm.send_now()
+        # the output keys are only needed for the answer: made while the scheduler lowers
+        # the graph (no await before the pending entry exists, so no reply can come first)
         keys = output_keys(layers, names)
         p = _Pending(TaskGraph([]), np.arange(len(keys), dtype=np.int64), keys,
                      self._loop.create_future(), self._loop.create_future())
@@ -316,13 +326,6 @@ class Client:
         p.progress = progress
         p.task_progress = task_progress
         self._pending[graph_id] = p
-        with self.recorder.span(Stage.serialize, tasks=layers.n_tasks, messages=1) as sp:
-            frames = encode_graph(layers, "layers", outputs=names)
-            nbytes = sum(len(f) for f in frames)
-            sp.nbytes = nbytes
-        self._comm.post_msg("graph", {"graph_id": graph_id, "sent_ns": now_ns() + self.offset_ns,
-                                      "encoding": "layers", "progress": task_progress is not None},
-                            None, frames)
         values = await self._results(graph_id, p, release)
         return RunResult(values, t_submit, now_ns(), graph_id, nbytes)
 

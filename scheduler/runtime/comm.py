@@ -79,6 +79,14 @@ class Comm:
         self._wake.set()
         return n
 
+    def send_now(self) -> None:
+        """Hand what is queued to the transport now (it sends what the socket takes at
+        once) instead of on the writer task's next turn, for a caller that has more work to
+        do before it next yields to the loop."""
+        if self._queue and not self.closed:
+            chunks, self._queue = self._queue, []
+            self.writer.writelines(chunks)
+
     def post_msg(self, op: str, fields: dict[str, Any] | None = None,
                  arrays: dict[str, Any] | None = None, blobs: Sequence[BytesLike] = ()) -> int:
         return self.post(pack(op, fields, arrays, blobs))

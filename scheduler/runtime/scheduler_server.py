@@ -46,7 +46,7 @@ from ..state.events import (
     WorkerLostEvent,
 )
 from ..state.scheduler import SchedulerConfig, SchedulerState
-from ..wire.encodings import WireGraph, decode_graph
+from ..wire.encodings import WireGraph, decode_graph, load_codecs
 from ..wire.frames import WireError
 from .clocks import clock_identity, now_ns
 from .comm import LOOPBACK, TOKEN_ENV, Comm, CommClosedError, serve, token_ok
@@ -105,6 +105,7 @@ class SchedulerServer:
             print(f"warning: the scheduler listens on {self.host} without an auth token: "
                   f"anyone who can reach it can run code on its workers; set --auth-token "
                   f"or {TOKEN_ENV}", file=sys.stderr)
+        load_codecs()  # not on the first graph's time to first task
         self._server, self.address = await serve(self._on_comm, self.host, self.port)
         self._monitor = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         self._progress = asyncio.get_running_loop().create_task(self._tell_progress())

@@ -28,13 +28,14 @@ from ..graph.lowgraph import DEEP, TaskGraph, by_level
 __all__ = ["graph_priorities"]
 
 
-def graph_priorities(graph: TaskGraph, dependents_count: np.ndarray | None = None
-                     ) -> np.ndarray:
-    """A permutation of ``0..n-1``: the post-order position of each task (0 runs first)."""
+def graph_priorities(graph: TaskGraph,
+                     dependencies: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """A permutation of ``0..n-1``: the post-order position of each task (0 runs first).
+    ``dependencies`` is ``graph.dependencies()`` when the caller has it already."""
     n = graph.n
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    indptr, indices = graph.dependencies()
+    indptr, indices = graph.dependencies() if dependencies is None else dependencies
     owners = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
     internal = indices < n
     parent = np.full(n, n, dtype=np.int64)          # n: no parent (a root)
@@ -118,8 +119,9 @@ def _place(kids: np.ndarray, parent: np.ndarray, size: np.ndarray, start: np.nda
     """Give ``kids`` (whose parents are placed) consecutive starts after their parents'
     earlier children, siblings in the order given."""
     p = parent[kids]
-    order = np.argsort(p, kind="stable")
-    kids, p = kids[order], p[order]
+    if not (p[1:] >= p[:-1]).all():  # blockwise groups are mostly in parent order
+        order = np.argsort(p, kind="stable")
+        kids, p = kids[order], p[order]
     s = size[kids]
     excl = np.cumsum(s) - s
     first = np.ones(len(kids), dtype=bool)

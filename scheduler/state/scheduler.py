@@ -505,7 +505,7 @@ class SchedulerState:
         alias, alias_gid = shared_keys(graph, self._live_graphs) if self._names else \
             (_EMPTY, _EMPTY)
         base = self._next_base
-        indptr, indices = graph.dependencies()
+        deps = indptr, indices = graph.dependencies()
         gidx = indices + base
         if len(ext_ids):
             ext = indices >= graph.n
@@ -519,7 +519,7 @@ class SchedulerState:
         internal_out = seg.outputs[mine]
         seg.wanted[internal_out - base] += 1  # outputs are unique
         seg.outputs_left = len(internal_out)
-        seg.priority = graph_priorities(graph, seg.n_dependents) + base
+        seg.priority = graph_priorities(graph, deps) + base
         self._next_sid += 1
         self._next_base += graph.n
         self.segments[seg.sid] = seg

@@ -51,7 +51,7 @@ from ..graph.lowgraph import TaskGraph, TaskGroup
 from .frames import BytesLike, WireError, dumps_msg, loads_header, message_nbytes
 
 __all__ = ["DEFAULT_GRAPH_LIMITS", "ENCODINGS", "GRAPH_ENCODINGS", "GraphLimits", "SpecLoadError", "SpecLoader",
-           "WireError", "WireGraph", "decode_graph", "encode_graph"]
+           "WireError", "WireGraph", "decode_graph", "encode_graph", "load_codecs"]
 
 # name -> module of this package implementing it (immutable: no module-level mutable state)
 _CODECS: Mapping[str, str] = MappingProxyType({"pickle": "legacy", "compact": "compact",
@@ -100,6 +100,13 @@ def _codec(encoding: object) -> ModuleType | None:
     if module is None:
         return None
     return importlib.import_module(f"{__package__}.{module}")
+
+
+def load_codecs() -> None:
+    """Import every encoding's codec now, so that a long-lived reader (the scheduler) pays
+    for it when it starts rather than on the first graph of each encoding."""
+    for encoding in ENCODINGS:
+        _codec(encoding)
 
 
 def encode_graph(graph: Any, encoding: str, outputs: Sequence[str] | None = None
