@@ -24,8 +24,11 @@ Rules of this module:
 - Sizing: the task count of a workload is that of the graph Dask runs for it (optimised,
   materialised). ``size_for`` finds the size parameter whose count is closest to the
   request by counting a few graphs: doubling from small sizes, then extrapolating with the
-  local growth exponent; the count reported is an exact count of the graph chosen.
-  Counting builds graphs up to the requested size once or twice, outside measurement.
+  local growth exponent and interpolating once the request is bracketed; the count
+  reported is an exact count of the graph chosen. It is within ``TOLERANCE`` (3 %) of the
+  request unless counts jump past it between neighbouring sizes (matrix products below
+  10,000 tasks, staged shuffles): then it is the closer neighbour. Counting builds graphs
+  up to the requested size, usually once at full size, outside measurement.
 - ``groupby-tasks`` and ``set-index-tasks`` have the same task count at every size, by
   construction rather than by mistake: each is one task shuffle of ``p`` partitions with the
   same number of per-partition tasks around it: eight each, reading a partition, Dask's
@@ -49,8 +52,8 @@ import numpy as np
 from harness.dask_work import DaskWork, as_dask_work, count_tasks
 from harness.workloads import Workload
 
-__all__ = ["DASK_WORKLOADS", "DaskSpec", "build_dask", "not_applicable", "size_for",
-           "workload_at"]
+__all__ = ["DASK_WORKLOADS", "TOLERANCE", "DaskSpec", "build_dask", "not_applicable",
+           "size_for", "workload_at"]
 
 ROWS = 8
 """Rows per dataframe partition."""
@@ -236,12 +239,21 @@ def not_applicable(name: str, backend: str) -> str | None:
 
 # --- sizing --------------------------------------------------------------------------------
 
-def size_for(count: Callable[[int], int], n: int, *, max_counts: int = 6) -> tuple[int, int]:
-    """``(p, count(p))`` with ``count(p)`` closest to ``n`` among the sizes tried: ``p``
-    doubles from 1 while the count is below ``n / 8``, then up to ``max_counts`` steps
-    extrapolate ``p`` with the growth exponent of the last two counts (counts are not
-    always monotone: staged shuffles and rechunk plans jump). ``count`` must grow with
-    ``p`` overall."""
+TOLERANCE = 0.03
+"""``size_for`` stops at a count within this fraction of the request."""
+
+
+def size_for(count: Callable[[int], int], n: int, *, max_counts: int = 8) -> tuple[int, int]:
+    """``(p, count(p))`` with ``count(p)`` closest to ``n`` among the sizes tried.
+
+    ``p`` doubles from 1 while the count is below ``n / 32`` (cheap graphs), then up to
+    ``max_counts`` steps guess ``p``: with the growth exponent of the last two counts until
+    the request is bracketed, then by interpolating between the closest counts below and
+    above it. It stops at a count within ``TOLERANCE`` of ``n``, or when the bracket is
+    two neighbouring sizes (counts jump where Dask stages a shuffle or plans a rechunk
+    differently: then the closer neighbour is the answer). A request above every count
+    reachable in ``max_counts`` steps gets the largest. ``count`` must grow with ``p``
+    overall."""
     seen: dict[int, int] = {}
 
     def at(p: int) -> int:
@@ -249,18 +261,33 @@ def size_for(count: Callable[[int], int], n: int, *, max_counts: int = 6) -> tup
             seen[p] = count(p)
         return seen[p]
 
+    def near(p: int) -> bool:
+        return abs(at(p) - n) <= TOLERANCE * n
+
     p = 1
-    while at(p) < n / 8:
+    while at(p) < n / 32:
         p *= 2
     prev = p // 2 if p > 1 else None
     for _ in range(max_counts):
-        c = at(p)
-        if abs(c - n) <= 0.02 * n:
+        if near(p):
             break
-        exponent = 1.0
-        if prev is not None and at(prev) != c:
-            exponent = min(max(math.log(c / at(prev)) / math.log(p / prev), 0.5), 3.0)
-        guess = max(1, round(p * (n / c) ** (1 / exponent)))
+        below = [q for q in seen if seen[q] < n]
+        above = [q for q in seen if seen[q] > n]
+        lo = max(below, default=None)
+        hi = min(above, default=None)
+        if lo is not None and hi is not None and lo < hi:
+            if hi - lo <= 1:
+                break
+            # interpolate log p against log count inside the bracket, strictly inside it
+            t = math.log(n / seen[lo]) / math.log(seen[hi] / seen[lo])
+            guess = round(lo * (hi / lo) ** t)
+            guess = min(max(guess, lo + 1), hi - 1)
+        else:
+            c = at(p)
+            exponent = 1.0
+            if prev is not None and at(prev) != c:
+                exponent = min(max(math.log(c / at(prev)) / math.log(p / prev), 0.5), 3.0)
+            guess = max(1, round(p * (n / c) ** (1 / exponent)))
         if guess in seen:
             break
         prev, p = p, guess

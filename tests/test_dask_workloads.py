@@ -8,6 +8,7 @@ for the module. The p2p variants need distributed's workers: they run on a distr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,11 +19,13 @@ import pytest
 from harness.backends.base import RunOptions
 from harness.backends.dask_backends import SyncBackend
 from harness.backends.reference import ReferenceBackend
-from harness.dask_work import optimized_graph
+from harness.dask_work import as_dask_work, count_tasks, optimized_graph
 from harness.dask_workloads import (
     DASK_WORKLOADS,
     KEYS_PER_PARTITION,
+    TOLERANCE,
     frame_partition,
+    size_for,
     workload_at,
 )
 from harness.workloads import Workload, build
@@ -144,3 +147,56 @@ def test_the_p2p_variants_on_distributed_equal_the_tasks_variants_on_dask_sync()
             else:
                 assert len(p2p) == len(want)
                 assert all(same(a, b) for a, b in zip(p2p, want, strict=True)), name
+
+
+# --- sizing --------------------------------------------------------------------------------
+
+def assert_sized(count: Any, n: int, p: int, c: int) -> None:
+    """``(p, c)`` is what the sizing rule promises for request ``n``: ``c == count(p)``,
+    within ``TOLERANCE`` of ``n``, or else no neighbouring size is closer to ``n``."""
+    assert c == count(p)
+    if abs(c - n) <= TOLERANCE * n:
+        return
+    for q in (p - 1, p + 1):
+        if q >= 1:
+            assert abs(c - n) <= abs(count(q) - n), (p, c, q, count(q))
+
+
+@pytest.mark.parametrize("n", [10, 1_000, 99_999, 1_000_000])
+@pytest.mark.parametrize("shape", ["linear", "cubic", "steps", "p log p"])
+def test_size_for_finds_the_size_closest_to_the_request(shape: str, n: int) -> None:
+    """Counts growing like the workloads' do (a cubic one: matrix products; steps: a staged
+    shuffle padding its partitions), each count asked for once."""
+    def grow(p: int) -> int:
+        if shape == "linear":
+            return 3 * p + 2
+        if shape == "cubic":
+            return round(1.4 * p ** 3)
+        if shape == "steps":
+            return 8 * p + 4 * math.ceil(math.sqrt(p)) ** 2
+        return round(p * math.log2(p + 1)) + 1
+
+    asked: list[int] = []
+
+    def count(p: int) -> int:
+        asked.append(p)
+        return grow(p)
+
+    p, c = size_for(count, n)
+    assert len(asked) == len(set(asked))
+    assert_sized(grow, n, p, c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(DASK_WORKLOADS))
+def test_each_workload_is_sized_within_the_tolerance_or_to_the_closer_neighbour(
+        name: str) -> None:
+    """At 10,000 tasks, the real count of the graph Dask runs (as ``build`` reports it)."""
+    n = 10_000
+    w = build(name, n)
+
+    def count(q: int) -> int:
+        return count_tasks(as_dask_work(DASK_WORKLOADS[name].make(q, n), name))
+
+    assert w.n_tasks == len(optimized_graph(w.dask())[0])
+    assert_sized(count, n, w.params["p"], w.n_tasks)
