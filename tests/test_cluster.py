@@ -366,3 +366,41 @@ def test_cluster_processes_end_when_their_parent_dies() -> None:
             if _alive(pid, t):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_is_never_welcomed_says_so_and_exits(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """A scheduler address that takes the connection but never answers: the worker names
+    the address and the wait instead of printing an empty error."""
+    import socket
+    import threading
+
+    from scheduler.runtime import worker as worker_mod
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def take() -> None:
+        silent.settimeout(5)
+        with contextlib.suppress(OSError):
+            held.append(silent.accept()[0])
+        stop.wait(10)
+
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    monkeypatch.setattr(worker_mod, "_WELCOME_S", 0.5)
+    address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            worker_mod.main([address])
+    finally:
+        stop.set()
+        t.join(10)
+        for s in held:
+            s.close()
+        silent.close()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"the scheduler at {address} did not welcome this worker within 0.5 s" in err

@@ -73,6 +73,7 @@ FIRST_BATCH = 8
 PARTIAL_REPORT_NS = 20_000_000
 """A running batch hands over the results it has after this long (and again after each
 further interval), so that slow tasks in a batch sized from fast ones are reported on time."""
+_WELCOME_S = 30.0  # how long a new worker waits for the scheduler to take it in
 _MAX_RUN = 64  # most tasks run between two reads of the clock in a batch
 
 
@@ -190,7 +191,11 @@ class WorkerServer:
                  "t0": t0, "clock": clock_identity()}
         if self.auth_token:
             hello["token"] = self.auth_token
-        welcome = await comm.request("hello-worker", hello, timeout=30)
+        try:
+            welcome = await comm.request("hello-worker", hello, timeout=_WELCOME_S)
+        except TimeoutError:
+            raise TimeoutError(f"the scheduler at {self.scheduler_address} did not welcome "
+                               f"this worker within {_WELCOME_S:g} s") from None
         t2 = now_ns()
         if welcome.op != "welcome":
             raise ConnectionRefusedError(f"the scheduler refused this worker: "
