@@ -262,7 +262,7 @@ def test_wide_explicit_graphs_by_levels_equal_the_task_by_task_walk(
     g = TaskGraph.from_dict(wide_dag(seed))
     by_levels = graph_priorities(g)
     assert_post_order(g, by_levels)
-    monkeypatch.setattr(priority, "DEEP", 0)
+    monkeypatch.setattr(priority, "NARROW", g.n + 1)
     walked = graph_priorities(g)
     assert (walked == by_levels).all()
 

@@ -36,25 +36,10 @@ from .errors import CycleError, DuplicateKeyError, MissingDependencyError, Unkno
 from .keys import ExplicitKeys, Key, KeyBlock, RegularKeys, check_key, key_name
 from .task import compile_spec, map_placeholders, refs_to_slots
 
-__all__ = ["DEEP", "TaskGraph", "TaskGroup", "by_level"]
+__all__ = ["NARROW", "TaskGraph", "TaskGroup"]
 
-DEEP = 32
-"""Explicit groups deeper than this many levels are ordered task by task, not by numpy."""
-
-
-def by_level(level: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """``(ids, bounds)``: positions sorted by level, then by position; level ``L``'s are
-    ``ids[bounds[L]:bounds[L + 1]]``. One pass per level up to ``DEEP`` levels, else a
-    stable sort."""
-    depth = int(level.max()) + 1 if len(level) else 0
-    bounds = np.zeros(depth + 1, dtype=np.int64)
-    np.cumsum(np.bincount(level, minlength=depth), out=bounds[1:])
-    if depth <= DEEP:
-        ids = np.concatenate([np.flatnonzero(level == lv) for lv in range(depth)]
-                             or [np.zeros(0, dtype=np.int64)])
-    else:
-        ids = np.argsort(level, kind="stable")
-    return ids, bounds.tolist()
+NARROW = 64
+"""Explicit groups whose levels average fewer tasks than this are ordered task by task."""
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -275,16 +260,16 @@ class TaskGraph:
     def explicit_order(self, gi: int) -> list[int]:
         """Positions of explicit group ``gi`` in an order that runs dependencies first: by
         level (``explicit_levels``), then by position."""
-        return by_level(self.explicit_levels(gi))[0].tolist()
+        return np.argsort(self.explicit_levels(gi), kind="stable").tolist()
 
     def explicit_levels(self, gi: int) -> np.ndarray:
         """The level of each task of explicit group ``gi``: 0 for a task with no dependency
         in the group, else one more than the highest level among its dependencies in the
         group (the longest path to it). Raises ``CycleError`` naming a cycle.
 
-        Cost: one pass of numpy over the group's edges per level (each task takes the
-        highest level of its dependencies plus one, until nothing changes); a group deeper
-        than ``DEEP`` levels (a long chain, or a cycle) is walked task by task instead.
+        Cost: one numpy step per level; a group whose levels hold fewer than ``NARROW``
+        tasks on average (a long chain) is walked task by task instead, once eight levels
+        show it.
         """
         g = self.groups[gi]
         start, n = int(self.offsets[gi]), len(g)
@@ -295,25 +280,37 @@ class TaskGraph:
             return level
         owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.indptr))
         src, dst = local[internal], owner[internal]   # edge: dst depends on src
-        # dst is non-decreasing (edges come task by task): one segment per dependent task
-        heads = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-        tasks = dst[heads]
-        for _ in range(min(DEEP, n + 1)):  # a level above n - 1 means a cycle
-            up = np.maximum.reduceat(level[src], heads) + 1
-            now = level[tasks]
-            if (up <= now).all():
-                return level
-            level[tasks] = np.maximum(now, up)
-        return self._levels_walk(gi, src, dst)
+        wait = np.bincount(dst, minlength=n)
+        dependents = dst[np.argsort(src, kind="stable")]
+        dptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=dptr[1:])
+        frontier = np.flatnonzero(wait == 0)
+        done = depth = 0
+        while len(frontier):
+            level[frontier] = depth
+            done += len(frontier)
+            depth += 1
+            if depth >= 8 and done < NARROW * depth:
+                return self._levels_walk(gi, dependents, dptr, np.bincount(dst, minlength=n))
+            first = dptr[frontier]
+            counts = dptr[frontier + 1] - first
+            total = int(counts.sum())
+            if not total:
+                break
+            at = np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(total)
+            targets = dependents[at]
+            np.subtract.at(wait, targets, 1)
+            targets = np.unique(targets)
+            frontier = targets[wait[targets] == 0]
+        if done != n:
+            raise CycleError(self._find_cycle(gi, np.flatnonzero(wait > 0).tolist()))
+        return level
 
-    def _levels_walk(self, gi: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        """``explicit_levels`` task by task (Kahn's walk), for deep groups."""
-        n = len(self.groups[gi])
-        wait = np.bincount(dst, minlength=n).tolist()
-        deps = dst[np.argsort(src, kind="stable")].tolist()
-        ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
-        ptr = ptr.tolist()
+    def _levels_walk(self, gi: int, dependents: np.ndarray, dptr: np.ndarray,
+                     waiting: np.ndarray) -> np.ndarray:
+        """``explicit_levels`` task by task (Kahn's walk), for deep narrow groups."""
+        n = len(waiting)
+        deps, ptr, wait = dependents.tolist(), dptr.tolist(), waiting.tolist()
         level = [0] * n
         ready = [i for i in range(n) if wait[i] == 0]
         done = 0

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..graph.lowgraph import DEEP, TaskGraph, by_level
+from ..graph.lowgraph import NARROW, TaskGraph
 
 __all__ = ["graph_priorities"]
 
@@ -50,8 +50,10 @@ def graph_priorities(graph: TaskGraph,
         a, b = int(offs[gi]), int(offs[gi + 1])
         if g.regular or not ((g.indices >= a) & (g.indices < b)).any():
             continue
-        ids, bounds = by_level(graph.explicit_levels(gi))
-        levels[gi] = (a + ids, bounds)
+        lv = graph.explicit_levels(gi)
+        bounds = np.zeros(int(lv.max()) + 2, dtype=np.int64)
+        np.cumsum(np.bincount(lv), out=bounds[1:])
+        levels[gi] = (a + np.argsort(lv, kind="stable"), bounds.tolist())
     # subtree sizes: children before parents (groups in order, levels in order)
     for gi in range(len(groups)):
         a, b = int(offs[gi]), int(offs[gi + 1])
@@ -90,8 +92,9 @@ def graph_priorities(graph: TaskGraph,
 
 
 def _narrow(levels: tuple[np.ndarray, list[int]]) -> bool:
-    """Too many levels for a numpy step each (a long chain): walk tasks."""
-    return len(levels[1]) - 1 > DEEP
+    """Levels too small on average for a numpy step each (a long chain): walk tasks."""
+    ids, bounds = levels
+    return (len(bounds) - 1) * NARROW > len(ids)
 
 
 def _reversed_levels(levels: tuple[np.ndarray, list[int]]) -> list[int]:
