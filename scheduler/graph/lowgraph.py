@@ -36,10 +36,7 @@ from .errors import CycleError, DuplicateKeyError, MissingDependencyError, Unkno
 from .keys import ExplicitKeys, Key, KeyBlock, RegularKeys, check_key, key_name
 from .task import compile_spec, map_placeholders, refs_to_slots
 
-__all__ = ["NARROW", "TaskGraph", "TaskGroup"]
-
-NARROW = 64
-"""Explicit groups whose levels average fewer tasks than this are ordered task by task."""
+__all__ = ["TaskGraph", "TaskGroup"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -258,75 +255,35 @@ class TaskGraph:
             raise DuplicateKeyError(both)
 
     def explicit_order(self, gi: int) -> list[int]:
-        """Positions of explicit group ``gi`` in an order that runs dependencies first: by
-        level (``explicit_levels``), then by position."""
-        return np.argsort(self.explicit_levels(gi), kind="stable").tolist()
-
-    def explicit_levels(self, gi: int) -> np.ndarray:
-        """The level of each task of explicit group ``gi``: 0 for a task with no dependency
-        in the group, else one more than the highest level among its dependencies in the
-        group (the longest path to it). Raises ``CycleError`` naming a cycle.
-
-        Cost: one numpy step per level; a group whose levels hold fewer than ``NARROW``
-        tasks on average (a long chain) is walked task by task instead, once eight levels
-        show it.
-        """
+        """Positions of explicit group ``gi`` in an order that runs dependencies first."""
         g = self.groups[gi]
         start, n = int(self.offsets[gi]), len(g)
         local = g.indices - start
         internal = (local >= 0) & (local < n)
-        level = np.zeros(n, dtype=np.int64)
         if not internal.any():
-            return level
-        owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.indptr))
+            return list(range(n))
+        indptr = g.indptr
+        owner = np.repeat(np.arange(n), np.diff(indptr))
         src, dst = local[internal], owner[internal]   # edge: dst depends on src
-        wait = np.bincount(dst, minlength=n)
-        dependents = dst[np.argsort(src, kind="stable")]
-        dptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=dptr[1:])
-        frontier = np.flatnonzero(wait == 0)
-        done = depth = 0
-        while len(frontier):
-            level[frontier] = depth
-            done += len(frontier)
-            depth += 1
-            if depth >= 8 and done < NARROW * depth:
-                return self._levels_walk(gi, dependents, dptr, np.bincount(dst, minlength=n))
-            first = dptr[frontier]
-            counts = dptr[frontier + 1] - first
-            total = int(counts.sum())
-            if not total:
-                break
-            at = np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(total)
-            targets = dependents[at]
-            np.subtract.at(wait, targets, 1)
-            targets = np.unique(targets)
-            frontier = targets[wait[targets] == 0]
-        if done != n:
-            raise CycleError(self._find_cycle(gi, np.flatnonzero(wait > 0).tolist()))
-        return level
-
-    def _levels_walk(self, gi: int, dependents: np.ndarray, dptr: np.ndarray,
-                     waiting: np.ndarray) -> np.ndarray:
-        """``explicit_levels`` task by task (Kahn's walk), for deep narrow groups."""
-        n = len(waiting)
-        deps, ptr, wait = dependents.tolist(), dptr.tolist(), waiting.tolist()
-        level = [0] * n
+        waiting = np.bincount(dst, minlength=n)
+        order_src = np.argsort(src, kind="stable")
+        dependents_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=dependents_ptr[1:])
+        dependents = dst[order_src].tolist()
+        dptr = dependents_ptr.tolist()
+        wait = waiting.tolist()
         ready = [i for i in range(n) if wait[i] == 0]
-        done = 0
+        order: list[int] = []
         while ready:
             i = ready.pop()
-            done += 1
-            up = level[i] + 1
-            for j in deps[ptr[i]:ptr[i + 1]]:
-                if level[j] < up:
-                    level[j] = up
+            order.append(i)
+            for j in dependents[dptr[i]:dptr[i + 1]]:
                 wait[j] -= 1
                 if wait[j] == 0:
                     ready.append(j)
-        if done != n:
+        if len(order) != n:
             raise CycleError(self._find_cycle(gi, [i for i in range(n) if wait[i] > 0]))
-        return np.asarray(level, dtype=np.int64)
+        return order
 
     def _find_cycle(self, gi: int, stuck: list[int]) -> list[Key]:
         g = self.groups[gi]
