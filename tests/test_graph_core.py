@@ -756,3 +756,59 @@ def _a_root_of(dsk, key):
 
 def _externals(dsk):
     return sorted({r for spec in dsk.values() for r in spec_refs(spec) if r not in dsk})
+
+
+def longest_paths(g: TaskGraph) -> list[int]:
+    """Level of each task of a one-group graph, by repeated relaxation (Bellman-Ford)."""
+    indptr, indices = g.dependencies()
+    level = [0] * g.n
+    for _ in range(g.n):
+        changed = False
+        for t in range(g.n):
+            for d in indices[indptr[t]:indptr[t + 1]].tolist():
+                if level[d] + 1 > level[t]:
+                    level[t], changed = level[d] + 1, True
+        if not changed:
+            break
+    return level
+
+
+@pytest.mark.parametrize("deep", [0, 10**9])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_explicit_levels_are_longest_paths_by_numpy_steps_and_by_walk(
+        seed: int, deep: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``explicit_levels`` gives each task 1 + its deepest dependency's level, whether it
+    relaxes all edges per level or walks task by task; ``explicit_order`` runs dependencies first."""
+    import random
+
+    import scheduler.graph.lowgraph as lowgraph
+
+    monkeypatch.setattr(lowgraph, "DEEP", deep)
+    rng = random.Random(seed)
+    n = 200
+    deps = [rng.sample(range(i), min(i, rng.randint(0, 3))) for i in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)
+    g = TaskGraph.from_dict({f"k{i}": Task(add_all, *[Ref(f"k{d}") for d in deps[i]])
+                             for i in order})
+    assert g.explicit_levels(0).tolist() == longest_paths(g)
+    seen: set[int] = set()
+    indptr, indices = g.dependencies()
+    for t in g.explicit_order(0):
+        assert set(indices[indptr[t]:indptr[t + 1]].tolist()) <= seen
+        seen.add(t)
+    assert len(seen) == n
+
+
+@pytest.mark.parametrize("deep", [0, 10**9])
+def test_cycles_are_found_by_numpy_steps_and_by_walk(
+        deep: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scheduler.graph.lowgraph as lowgraph
+
+    monkeypatch.setattr(lowgraph, "DEEP", deep)
+    dsk: dict = {f"w{i}": Task(inc, i) for i in range(100)}
+    dsk.update({f"c{i}": Task(inc, Ref(f"c{i - 1}")) for i in range(1, 20)}, c0=1)
+    dsk.update({"a": Task(inc, Ref("b")), "b": Task(add_all, Ref("a"), Ref("c19"))})
+    with pytest.raises(CycleError) as info:
+        TaskGraph.from_dict(dsk)
+    assert set(info.value.cycle) == {"a", "b"}

@@ -240,3 +240,40 @@ def test_layers_mixing_regular_and_tangled_explicit_groups() -> None:
     prio = graph_priorities(ext)
     assert_post_order(ext, prio)
     assert order_of(ext, prio) == ["z", "w", "v"]
+
+
+def wide_dag(seed: int, n: int = 3000, width: int = 300) -> dict:
+    """A random DAG of ``n`` tasks in layers of ``width``, each reading up to three tasks of
+    any earlier layer, keys in random order: few levels of many tasks each."""
+    rng = random.Random(seed)
+    deps = [rng.sample(range(i - i % width), min(3, i - i % width)) for i in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)
+    return {f"k{i}": Task(add, *[Ref(f"k{d}") for d in deps[i]]) for i in order}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_explicit_graphs_by_levels_equal_the_task_by_task_walk(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit groups of wide levels are numbered one numpy step per level; the walk task
+    by task (what a long chain gets) gives the same numbers, a post-order."""
+    import scheduler.state.priority as priority
+
+    g = TaskGraph.from_dict(wide_dag(seed))
+    by_levels = graph_priorities(g)
+    assert_post_order(g, by_levels)
+    monkeypatch.setattr(priority, "DEEP", 0)
+    walked = graph_priorities(g)
+    assert (walked == by_levels).all()
+
+
+def test_a_long_chain_in_an_explicit_group_is_numbered_in_post_order() -> None:
+    """A chain (one task per level) listed in reverse, beside independent tasks."""
+    n = 500
+    dsk: dict[Any, Any] = {f"c{i}": Task(inc, Ref(f"c{i - 1}")) for i in range(n - 1, 0, -1)}
+    dsk["c0"] = Task(inc, 0)
+    dsk.update({f"x{i}": Task(inc, i) for i in range(10)})
+    g = TaskGraph.from_dict(dsk)
+    prio = graph_priorities(g)
+    assert_post_order(g, prio)
+    assert order_of(g, prio)[:n] == [f"c{i}" for i in range(n)]

@@ -36,7 +36,25 @@ from .errors import CycleError, DuplicateKeyError, MissingDependencyError, Unkno
 from .keys import ExplicitKeys, Key, KeyBlock, RegularKeys, check_key, key_name
 from .task import compile_spec, map_placeholders, refs_to_slots
 
-__all__ = ["TaskGraph", "TaskGroup"]
+__all__ = ["DEEP", "TaskGraph", "TaskGroup", "by_level"]
+
+DEEP = 32
+"""Explicit groups deeper than this many levels are ordered task by task, not by numpy."""
+
+
+def by_level(level: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """``(ids, bounds)``: positions sorted by level, then by position; level ``L``'s are
+    ``ids[bounds[L]:bounds[L + 1]]``. One pass per level up to ``DEEP`` levels, else a
+    stable sort."""
+    depth = int(level.max()) + 1 if len(level) else 0
+    bounds = np.zeros(depth + 1, dtype=np.int64)
+    np.cumsum(np.bincount(level, minlength=depth), out=bounds[1:])
+    if depth <= DEEP:
+        ids = np.concatenate([np.flatnonzero(level == lv) for lv in range(depth)]
+                             or [np.zeros(0, dtype=np.int64)])
+    else:
+        ids = np.argsort(level, kind="stable")
+    return ids, bounds.tolist()
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -255,35 +273,63 @@ class TaskGraph:
             raise DuplicateKeyError(both)
 
     def explicit_order(self, gi: int) -> list[int]:
-        """Positions of explicit group ``gi`` in an order that runs dependencies first."""
+        """Positions of explicit group ``gi`` in an order that runs dependencies first: by
+        level (``explicit_levels``), then by position."""
+        return by_level(self.explicit_levels(gi))[0].tolist()
+
+    def explicit_levels(self, gi: int) -> np.ndarray:
+        """The level of each task of explicit group ``gi``: 0 for a task with no dependency
+        in the group, else one more than the highest level among its dependencies in the
+        group (the longest path to it). Raises ``CycleError`` naming a cycle.
+
+        Cost: one pass of numpy over the group's edges per level (each task takes the
+        highest level of its dependencies plus one, until nothing changes); a group deeper
+        than ``DEEP`` levels (a long chain, or a cycle) is walked task by task instead.
+        """
         g = self.groups[gi]
         start, n = int(self.offsets[gi]), len(g)
         local = g.indices - start
         internal = (local >= 0) & (local < n)
+        level = np.zeros(n, dtype=np.int64)
         if not internal.any():
-            return list(range(n))
-        indptr = g.indptr
-        owner = np.repeat(np.arange(n), np.diff(indptr))
+            return level
+        owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.indptr))
         src, dst = local[internal], owner[internal]   # edge: dst depends on src
-        waiting = np.bincount(dst, minlength=n)
-        order_src = np.argsort(src, kind="stable")
-        dependents_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=dependents_ptr[1:])
-        dependents = dst[order_src].tolist()
-        dptr = dependents_ptr.tolist()
-        wait = waiting.tolist()
+        # dst is non-decreasing (edges come task by task): one segment per dependent task
+        heads = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
+        tasks = dst[heads]
+        for _ in range(min(DEEP, n + 1)):  # a level above n - 1 means a cycle
+            up = np.maximum.reduceat(level[src], heads) + 1
+            now = level[tasks]
+            if (up <= now).all():
+                return level
+            level[tasks] = np.maximum(now, up)
+        return self._levels_walk(gi, src, dst)
+
+    def _levels_walk(self, gi: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """``explicit_levels`` task by task (Kahn's walk), for deep groups."""
+        n = len(self.groups[gi])
+        wait = np.bincount(dst, minlength=n).tolist()
+        deps = dst[np.argsort(src, kind="stable")].tolist()
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
+        ptr = ptr.tolist()
+        level = [0] * n
         ready = [i for i in range(n) if wait[i] == 0]
-        order: list[int] = []
+        done = 0
         while ready:
             i = ready.pop()
-            order.append(i)
-            for j in dependents[dptr[i]:dptr[i + 1]]:
+            done += 1
+            up = level[i] + 1
+            for j in deps[ptr[i]:ptr[i + 1]]:
+                if level[j] < up:
+                    level[j] = up
                 wait[j] -= 1
                 if wait[j] == 0:
                     ready.append(j)
-        if len(order) != n:
+        if done != n:
             raise CycleError(self._find_cycle(gi, [i for i in range(n) if wait[i] > 0]))
-        return order
+        return np.asarray(level, dtype=np.int64)
 
     def _find_cycle(self, gi: int, stuck: list[int]) -> list[Key]:
         g = self.groups[gi]
