@@ -139,6 +139,10 @@ class SpanRecorder:
         rows, self._rows = self._rows, []
         return rows
 
+    def rows(self) -> list[SpanRow]:
+        """The rows recorded so far, kept (a copy of the list)."""
+        return list(self._rows)
+
     def __len__(self) -> int:
         return len(self._rows)
 

@@ -175,7 +175,7 @@ def run_faults(fault: str, runs: int, *, workload: str = "reduction", n: int = 1
                 delay = rng.uniform(0, (0.5 if fault == "only-copy" else 1.2) * undisturbed)
                 if src is not None:  # held by one worker (computed again if it was lost)
                     src.result(bound)
-                    holder = next(iter(client._pending[src.graph_id].held.values()))
+                    holder = next(iter(client.holders(src.graph_id).values()))
                 killed: list[threading.Thread] = []
                 if fault == "during-gather":
                     delay = 0.0

@@ -38,12 +38,12 @@ from hypothesis import strategies as st
 
 from scheduler.graph.dask_import import (
     MAX_INLINE_DEPTH,
-    _run_dask_node,
-    _run_subgraph,
     flatten_keys,
     from_dask,
     get_sync,
     pack_results,
+    run_dask_node,
+    run_subgraph,
 )
 from scheduler.graph.errors import MissingDependencyError, UnknownKeyError
 from scheduler.graph.keys import InvalidKeyError
@@ -213,7 +213,7 @@ def test_fused_graphs_are_inlined_without_dask_execution() -> None:
     specs = our_specs(from_dask(handed))
     for k in fused:
         assert isinstance(specs[k], Task)
-        assert specs[k].func not in (_run_dask_node, _run_subgraph)
+        assert specs[k].func not in (run_dask_node, run_subgraph)
 
 
 # --- legacy tuple graphs written by hand ------------------------------------------------------
@@ -354,7 +354,7 @@ def test_taskspec_graph_structure_and_values() -> None:
     assert specs["lists"].args[0] == [Ref("a"), 3]
     assert specs["lists"].args[1] == (Ref(("b", 0)), 4)
     assert specs["dicts"].args[0] == {"p": Ref("a"), "q": 1}
-    assert specs["opaque"].func is _run_dask_node
+    assert specs["opaque"].func is run_dask_node
     assert specs["tagged"] == Task(inc, Ref(("b", 0)))
 
 
@@ -374,7 +374,7 @@ def test_fused_chain(n: int) -> None:
     if n <= MAX_INLINE_DEPTH:
         assert spec.func is inc
     else:
-        assert spec.func is _run_subgraph
+        assert spec.func is run_subgraph
 
 
 def test_fused_dag_with_shared_inner_result_uses_inner_graph() -> None:
@@ -384,7 +384,7 @@ def test_fused_dag_with_shared_inner_result_uses_inner_graph() -> None:
            "out": DTask.fuse(*inner, key="out"),
            "after": DTask("after", operator.mul, TaskRef("out"), TaskRef("w"))}
     graph = assert_same_structure(dsk)
-    assert our_specs(graph)["out"].func is _run_subgraph
+    assert our_specs(graph)["out"].func is run_subgraph
     assert graph.execute(["after"]) == {"after": (2 + 3) * 5}
 
 

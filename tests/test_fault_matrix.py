@@ -224,7 +224,7 @@ def test_one_of_three_workers_killed(cluster3: LocalCluster, name: str, n: int,
                 break
             time.sleep(0.1)
         assert not any(untracked.values()) and audit["results"] == len(outputs), audit
-        client._release_soon(res.graph_id)
+        client.release_soon(res.graph_id)
         audit = quiet_audit(client)
     assert leftovers(audit) == 0, audit
 
@@ -258,7 +258,7 @@ def test_worker_holding_the_only_copy_of_a_dependency_killed(cluster3: LocalClus
     with Client(cluster3, record=False, timeout=60) as client:
         src = client.submit(slow_source, 7, 0.0, key="only-copy-src")
         assert src.result(BOUND) == 7
-        holder = client._pending[src.graph_id].held
+        holder = client.holders(src.graph_id)
         [wid] = set(holder.values())
         kill([p for p in live_workers(cluster3) if worker_id(client, p.pid) == wid])
         dsk: dict[Any, Task] = {("uses", i): Task(plus, Ref("only-copy-src"), i)

@@ -240,8 +240,7 @@ def test_worker_killed_mid_graph_results_are_recomputed_and_a_replacement_is_use
 
         def progress(done: int, _total: int) -> None:  # runs on the client's loop thread
             if done >= n // 4 and not killed:
-                pending = next(iter(client._pending.values()))
-                killed["held_by_victim"] = sum(1 for w in pending.held.values()
+                killed["held_by_victim"] = sum(1 for w in client.holders().values()
                                                if w == victim_wid)
                 killed["done"] = done
                 os.kill(victim.pid, signal.SIGKILL)

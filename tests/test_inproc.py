@@ -206,14 +206,14 @@ def test_a_slow_batch_hands_over_its_results_as_it_goes() -> None:
     """A batch sized for fast tasks meets 12 tasks of 5 ms (one fails). Every ~20 ms
     (``PARTIAL_REPORT_NS``) what finished is handed to ``report``; the rest comes back at
     the end. Every task is accounted for exactly once, in order, the error included."""
-    from scheduler.runtime.worker import PARTIAL_REPORT_NS, _run_batch
+    from scheduler.runtime.worker import PARTIAL_REPORT_NS, run_batch
     from scheduler.stages import SpanRecorder
 
     assert PARTIAL_REPORT_NS == 20_000_000
     tasks = [(i, lambda args, index: _nap_then(*args), [5, -1 if i == 7 else i], ())
              for i in range(12)]
     parts: list[tuple[dict, list]] = []
-    results, errors, elapsed_ns = _run_batch(tasks, SpanRecorder("w", enabled=False),
+    results, errors, elapsed_ns = run_batch(tasks, SpanRecorder("w", enabled=False),
                                              lambda r, e: parts.append((r, e)))
     parts.append((results, errors))
     assert len(parts) >= 2  # >= 60 ms of naps: at least one report before the end
@@ -226,9 +226,9 @@ def test_a_slow_batch_hands_over_its_results_as_it_goes() -> None:
 
 
 def test_without_report_a_batch_returns_everything_at_its_end() -> None:
-    from scheduler.runtime.worker import _run_batch
+    from scheduler.runtime.worker import run_batch
     from scheduler.stages import SpanRecorder
 
     tasks = [(i, lambda args, index: _nap_then(*args), [2, i], ()) for i in range(15)]
-    results, errors, _ = _run_batch(tasks, SpanRecorder("w", enabled=False))
+    results, errors, _ = run_batch(tasks, SpanRecorder("w", enabled=False))
     assert results == {i: i for i in range(15)} and errors == []

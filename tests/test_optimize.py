@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scheduler.graph.errors import UnknownKeyError
 from scheduler.graph.keys import ExplicitKeys, KeyBlock, RegularKeys
 from scheduler.graph.lowgraph import TaskGraph, TaskGroup
-from scheduler.graph.optimize import _key_ids, cull, fuse_linear, inline_dependency
+from scheduler.graph.optimize import cull, fuse_linear, inline_dependency, key_ids
 from scheduler.graph.task import (
     DepList,
     DepSlot,
@@ -219,10 +219,10 @@ def test_key_lookup_agrees_with_ids_of(keys: list) -> None:
     expected = [g.id_of(k) for k in keys]
     if -1 in expected:
         with pytest.raises(UnknownKeyError) as info:
-            _key_ids(g, keys)
+            key_ids(g, keys)
         assert info.value.keys == [k for k, i in zip(keys, expected, strict=True) if i < 0]
     else:
-        assert _key_ids(g, keys).tolist() == expected
+        assert key_ids(g, keys).tolist() == expected
 
 
 # --- fuse_linear: hand-built graphs --------------------------------------------------------

@@ -506,7 +506,7 @@ def test_reference_map_role_dependent() -> None:
     assert [category_of(write, ref, r) for r in ("client", "scheduler", "worker-1")] == [
         "communicate", "dispatch", "execute"]
     # a task body on a worker
-    body = [("_run_batch", "/r/scheduler/runtime/worker.py"),
+    body = [("run_batch", "/r/scheduler/runtime/worker.py"),
             ("_compile.<locals>.run", "/r/scheduler/graph/task.py"), ("add", "/r/user.py")]
     assert category_of(body, ref, "worker-0") == "execute"
 

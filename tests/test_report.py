@@ -346,7 +346,7 @@ def test_figures_are_pure_and_save_closes(tmp_path: Path) -> None:
         img = matplotlib.image.imread(path)
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
     # With an ax, the figure of that ax comes back.
-    holder = F._new_figure(6.0, 4.0)[0]
+    holder = F.new_figure(6.0, 4.0)[0]
     ax = holder.add_subplot()
     assert F.timeline_figure(one, ax=ax) is holder
     with pytest.raises(ValueError, match="one run"):
@@ -358,9 +358,9 @@ def test_figures_are_pure_and_save_closes(tmp_path: Path) -> None:
 def test_timeline_joins_spans_closer_than_resolution() -> None:
     starts = np.array([0.0, 1.0, 1.0000001, 5.0])
     ends = np.array([0.5, 1.0, 2.0, 6.0])
-    bars = F._coalesce(starts, ends, 0.01)
+    bars = F.coalesce_spans(starts, ends, 0.01)
     assert bars == [(0.0, 0.5), (1.0, 1.0), (5.0, 1.0)]
-    assert F._coalesce(np.array([]), np.array([]), 0.1) == []
+    assert F.coalesce_spans(np.array([]), np.array([]), 0.1) == []
 
 
 def test_stage_colours_cover_all_stages() -> None:

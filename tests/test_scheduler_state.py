@@ -61,11 +61,9 @@ def assert_empty(sim: Sim) -> None:
     state = sim.state
     assert state.n_tasks == 0
     assert state.segments == {}
-    assert state._by_base == [] and state._bases == []
-    assert state._by_graph == {}
-    assert state._names == {}
-    assert state._cross == {} and state._watch == {} and state._copies == {}
-    assert not state._queue
+    assert state.bookkeeping() == dict.fromkeys(state.bookkeeping(), 0)
+    assert {"graphs", "bases", "names", "cross", "watch", "copies", "queued"} <= \
+        set(state.bookkeeping())
     assert state.pending_placement == 0
     assert all(o == 0 for o in state.occupancy)
     assert sim.held_anywhere() == set()

@@ -146,7 +146,7 @@ def test_many_clients_with_overlapping_and_disjoint_graphs_in_any_order() -> Non
     # while it was running or held (the reduction reads the elementwise graph's sources)
     cancelled = Counter(i for w in sim.workers.values() for i in w.cancelled)
     freed: Counter = Counter()
-    for _stim, base, local, frm, to in sim.state._story:
+    for _stim, base, local, frm, to in sim.state.moves():
         if to == S.released:
             freed.update((local[frm == S.memory] + base).tolist())
     for gid, n in sent_count(sim).items():
@@ -338,9 +338,9 @@ def test_readers_in_another_graph_of_a_result_made_again_go_ready_in_one_batch()
     sim.lose_worker(holder)
     sim.add_worker()
     where = sim.where("src")
-    before = len(sim.state._story)
+    before = len(sim.state.moves())
     sim.finish(where, [sim.gid("src")])
-    batches = [e for e in list(sim.state._story)[before:] if e[4] == S.ready]
+    batches = [e for e in list(sim.state.moves())[before:] if e[4] == S.ready]
     assert len(batches) == 1 and len(batches[0][2]) == 300
     sim.run()
     assert sim.log("c", "g2").done

@@ -45,7 +45,8 @@ __all__ = [
     "ENCODINGS", "GraphInputs", "LONG_TIMEOUT", "LayerInputs", "MidRunInputs",
     "OPTIMIZE_WORKLOADS", "PICKLE_MAX_TASKS", "SIZES", "SIZES_ENV", "STAGE_WORKLOADS",
     "WORKERS", "WireInputs", "dispatch_batch", "fresh_state", "load", "load_once",
-    "parse_sizes", "pickle_skips", "run_to_midpoint", "skip_unless", "submit_event",
+    "parse_sizes", "pickle_skips", "run_to_midpoint", "skip_unless", "store_input",
+    "submit_event",
 ]
 
 SIZES_ENV = "STAGECOST_ASV_SIZES"
@@ -98,7 +99,7 @@ LONG_TIMEOUT = 1800.0
 
 # --- files in asv's cache directory ---------------------------------------------------------
 
-def _store(value: Any, *name_parts: object) -> str:
+def store_input(value: Any, *name_parts: object) -> str:
     """Pickle ``value`` into the working directory (asv's cache directory); return its path."""
     stem = "-".join(str(p) for p in name_parts)
     path = os.path.abspath(f"{stem}.pickle")
@@ -274,7 +275,7 @@ class GraphInputs:
         for name in OPTIMIZE_WORKLOADS:
             for n in SIZES:
                 w = build(name, n)
-                out[(name, n)] = _store((w.lower(), w.outputs), "graph", name, n)
+                out[(name, n)] = store_input((w.lower(), w.outputs), "graph", name, n)
         return out
 
     setup_cache.timeout = LONG_TIMEOUT  # type: ignore[attr-defined]
@@ -296,7 +297,7 @@ class WireInputs:
                     if encoding == "pickle" and n > PICKLE_MAX_TASKS:
                         continue
                     frames = [bytes(f) for f in encode_graph(graph, encoding)]
-                    out[(name, n, encoding)] = _store((frames, out_ids, graph.n),
+                    out[(name, n, encoding)] = store_input((frames, out_ids, graph.n),
                                                       "wire", name, n, encoding)
         return out
 
@@ -321,7 +322,7 @@ class MidRunInputs:
                 first = state.handle(submit_event(wire.graph, out_ids), schedule=False)
                 first += state.schedule()
                 state, report = run_to_midpoint(state, first)
-                out[(name, n)] = _store((state, report, wire.functions), "midrun", name, n)
+                out[(name, n)] = store_input((state, report, wire.functions), "midrun", name, n)
         return out
 
     setup_cache.timeout = LONG_TIMEOUT  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ class RealisticInputs:
                 w = build(name, n)
                 prep = prepare_dask(w, record=False)
                 frames = [bytes(f) for f in encode_graph(prep.graph, "compact")]
-                path = common._store((frames, prep.graph.ids_of(prep.outputs)),
+                path = common.store_input((frames, prep.graph.ids_of(prep.outputs)),
                                      "realistic", name, n)
                 out[(name, n)] = (w.params["p"], w.n_tasks, path)
         return out

@@ -64,7 +64,8 @@ from harness.backends.dask_graphs import dask_collection
 from harness.workloads import Workload
 from scheduler.stages import SpanRow, Stage
 
-__all__ = ["DistributedBackend", "ProcessesBackend", "SyncBackend", "ThreadsBackend"]
+__all__ = ["DistributedBackend", "ProcessesBackend", "SyncBackend", "ThreadsBackend",
+           "to_spans"]
 
 _LOCAL_MERGED = {
     "schedule+execute": "dask-threads/-processes/-sync: get_async's loop stores each result "
@@ -81,7 +82,7 @@ _DISTRIBUTED_MERGED = {
 _FORGET_TIMEOUT_S = 60.0
 
 
-def _to_spans(rows: list[tuple[Any, ...]], offset_ns: int = 0) -> list[SpanRow]:
+def to_spans(rows: list[tuple[Any, ...]], offset_ns: int = 0) -> list[SpanRow]:
     return [SpanRow(int(Stage[r[0]]), r[1], r[2] + offset_ns, r[3] + offset_ns, r[4], r[5],
                     r[6]) for r in rows]
 
@@ -331,13 +332,13 @@ class DistributedBackend(_DaskBackend):
     def _collect(self) -> tuple[list[SpanRow], int | None]:
         client = self.client
         rows, marks = self._clock.drain()
-        spans = _to_spans(rows)
+        spans = to_spans(rows)
         s_rows, s_marks = client.run_on_scheduler(plug.drain_scheduler)
         s_off = self._offsets.get("scheduler", 0)
-        spans += _to_spans(s_rows, -s_off)
+        spans += to_spans(s_rows, -s_off)
         tasks_run = 0
         for addr, (w_rows, _) in client.run(plug.drain_worker).items():
-            w_spans = _to_spans(w_rows, -self._offsets.get(self._roles.get(addr, addr), 0))
+            w_spans = to_spans(w_rows, -self._offsets.get(self._roles.get(addr, addr), 0))
             tasks_run += sum(r.tasks for r in w_spans if r.stage == Stage.execute)
             spans += w_spans
         sent, received = marks.get("graph_sent_ns"), s_marks.get("graph_received_ns")
@@ -559,7 +560,7 @@ class _LocalBackend(_DaskBackend):
             with clock.frame("schedule", role="scheduler"):
                 results = self._get(dsk, keys, clock)
             t_end = time.perf_counter_ns()
-        spans = _to_spans(clock.drain()[0])
+        spans = to_spans(clock.drain()[0])
         ran = sum(r.tasks for r in spans if r.stage == Stage.execute
                   and r.role.startswith("worker"))
         _check_results(results, workload)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from harness.backends import dask_plugins as plug
-from harness.backends.dask_backends import _to_spans
+from harness.backends.dask_backends import to_spans
 from harness.workloads import Workload, materialized_layers
 from scheduler.graph.keys import Key, key_name
 from scheduler.graph.layers import LayerGraph
@@ -88,7 +88,7 @@ def prepare_dask(workload: Workload, record: bool) -> DaskPrepared:
                 frame[2] = graph.n
         with clock.frame("optimize", tasks=graph.n):
             graph = cull(graph, keys)
-    return DaskPrepared(graph, keys, _to_spans(clock.drain()[0]))
+    return DaskPrepared(graph, keys, to_spans(clock.drain()[0]))
 
 
 def results_in_order(results: dict[Key, Any], keys: list[Key]) -> list[Any]:

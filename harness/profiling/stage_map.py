@@ -13,7 +13,7 @@ cannot silently move samples elsewhere. The Dask map is in ``dask_map.py``.
 Principles of ``REFERENCE_MAP``:
 
 - The runtime opens a span for each stage in a few functions (``SchedulerServer._on_graph``,
-  ``WorkerServer._on_compute``, ``_run_batch``, ...); those functions are rules, so whatever
+  ``WorkerServer._on_compute``, ``run_batch``, ...); those functions are rules, so whatever
   runs under them and matches nothing more specific gets the span's stage. Profiles and spans
   therefore agree on what each stage is.
 - Shared helpers (``SchedulerState.handle``, transitions, ``state/segment.py``,
@@ -53,7 +53,7 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 
 | module                            | function (globs)                                           | role | stage |
 |-----------------------------------|------------------------------------------------------------|------|-------|
-| ``scheduler/graph/*.py``          | ``run_spec``, ``compile_spec``, ``_compile*``, ``TaskGraph.execute``, ``_run_dask_node``, ``_run_subgraph`` | · | execute |
+| ``scheduler/graph/*.py``          | ``run_spec``, ``compile_spec``, ``_compile*``, ``TaskGraph.execute``, ``run_dask_node``, ``run_subgraph`` | · | execute |
 | ``scheduler/graph/optimize*.py``  | any                                                        | ·    | optimize |
 | ``scheduler/wire/encodings.py``   | ``encode_graph`` / ``decode_graph``                        | ·    | serialize / update_graph |
 | ``scheduler/state/priority.py``   | any                                                        | ·    | update_graph |
@@ -74,7 +74,7 @@ frames (``epoll_wait``, ``pthread_cond_wait``, ...) up to the first Python frame
 | ``scheduler/runtime/dispatch.py`` | ``compute_message``, ``graph_def_message``, ``GraphCatalog.*`` | · | dispatch |
 | ``scheduler/runtime/dispatch.py`` | ``_LazySpec.*``                                            | ·    | execute |
 | ``scheduler/runtime/worker.py``   | ``*._on_compute``, ``*._listen``, ``*._on_message``        | ·    | dispatch |
-| ``scheduler/runtime/worker.py``   | ``_run_batch``, ``dumps_values``, ``dumps_error``, ``*._batch_done``, ``*._flush_finished``, ``*._fetch``, ``*._on_peer``, ``*._do`` | · | execute |
+| ``scheduler/runtime/worker.py``   | ``run_batch``, ``dumps_values``, ``dumps_error``, ``*._batch_done``, ``*._flush_finished``, ``*._fetch``, ``*._on_peer``, ``*._do`` | · | execute |
 | ``scheduler/runtime/inproc.py``   | ``*._apply``, ``*._deliver`` / ``*._step``, ``*._sched``   | ·    | dispatch / execute |
 | ``scheduler/runtime/comm.py``     | ``Comm._write_loop`` (a task of its own: no caller)        | C / S / W | communicate / dispatch / execute |
 | ``scheduler/graph/`` (fb)         | any                                                        | S    | update_graph (lowering on the scheduler) |
@@ -143,7 +143,7 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     # --- graph: running specs anywhere; optimising
     Rule(S.execute, module="scheduler/graph/*.py",
          function=("run_spec", "compile_spec", "_compile*", "TaskGraph.execute",
-                   "_run_dask_node", "_run_subgraph")),
+                   "run_dask_node", "run_subgraph")),
     Rule(S.optimize, module="scheduler/graph/optimize*.py"),
     # --- wire graph codecs (compact/legacy/frames under them have no rule)
     Rule(S.serialize, module="scheduler/wire/encodings.py", function="encode_graph"),
@@ -183,7 +183,7 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     Rule(S.execute, module="scheduler/runtime/dispatch.py", function="_LazySpec.*"),
     Rule(S.dispatch, module=_WORKER, function=("*._on_compute", "*._listen", "*._on_message")),
     Rule(S.execute, module=_WORKER,
-         function=("_run_batch", "dumps_values", "dumps_error", "*._batch_done",
+         function=("run_batch", "dumps_values", "dumps_error", "*._batch_done",
                    "*._flush_finished", "*._fetch", "*._on_peer", "*._do")),
     Rule(S.dispatch, module="scheduler/runtime/inproc.py", function=("*._apply", "*._deliver")),
     Rule(S.execute, module="scheduler/runtime/inproc.py", function=("*._step", "*._sched")),
@@ -211,7 +211,7 @@ _REFERENCE_RULES: tuple[Rule, ...] = (
     Rule(S.execute, module="scheduler/runtime/inproc.py", function="InProcessCluster.run",
          fallback=True, note="its own loop collects results; see MERGED"),
     Rule(S.execute, module="concurrent/futures/", roles="worker", fallback=True,
-         note="the task thread pool's own bookkeeping around _run_batch"),
+         note="the task thread pool's own bookkeeping around run_batch"),
 )
 
 _REFERENCE_MERGED = MappingProxyType({

@@ -38,6 +38,7 @@ from harness.report.tables import ORDER
 __all__ = [
     "MARK_COLOURS",
     "STAGE_COLOURS",
+    "new_figure",
     "ratio_figure",
     "save_figure",
     "scaling_figure",
@@ -70,7 +71,7 @@ _DPI = 100
 _TIMELINE_RESOLUTION = 4000  # spans closer than 1/4000 of the run are drawn as one bar
 
 
-def _new_figure(width: float, height: float, ncols: int = 1,
+def new_figure(width: float, height: float, ncols: int = 1,
                 sharey: bool = False) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -155,7 +156,7 @@ def stacked_stages_figure(summary: pd.DataFrame, run_summary: pd.DataFrame | Non
         return _figure_of(ax)
     backends = list(dict.fromkeys(summary["backend"]))
     n_bars = len(summary[["backend", "workload", "n_tasks"]].drop_duplicates())
-    fig, axes = _new_figure(min(4.0 + 1.1 * n_bars + 1.5 * len(backends), 20.0), 5.0,
+    fig, axes = new_figure(min(4.0 + 1.1 * n_bars + 1.5 * len(backends), 20.0), 5.0,
                             ncols=len(backends), sharey=True)
     for b_ax, backend in zip(axes, backends, strict=True):
         part = summary[summary["backend"] == backend]
@@ -186,7 +187,7 @@ def _role_key(role: str) -> tuple[int, int, str]:
     return (3, 0, role)
 
 
-def _coalesce(starts: np.ndarray, ends: np.ndarray,
+def coalesce_spans(starts: np.ndarray, ends: np.ndarray,
               min_gap: float) -> list[tuple[float, float]]:
     """(start, width) bars covering the spans, with spans closer than ``min_gap`` joined.
 
@@ -217,7 +218,7 @@ def timeline_figure(spans: pd.DataFrame, ax: Axes | None = None, title: str = ""
                          "one (backend, workload, n_tasks, repeat) first")
     roles = sorted(spans["role"].unique(), key=_role_key)
     if ax is None:
-        fig, (ax,) = _new_figure(11.0, max(2.5, 0.6 * len(roles) + 1.5))
+        fig, (ax,) = new_figure(11.0, max(2.5, 0.6 * len(roles) + 1.5))
     else:
         fig = _figure_of(ax)
     stages_seen: list[str] = []
@@ -229,7 +230,7 @@ def timeline_figure(spans: pd.DataFrame, ax: Axes | None = None, title: str = ""
         height = 0.8 / max(1, len(lanes))
         for j, stage in enumerate(lanes):
             part = mine[mine["stage"] == stage]
-            bars = _coalesce(part["start_s"].to_numpy(float), part["end_s"].to_numpy(float),
+            bars = coalesce_spans(part["start_s"].to_numpy(float), part["end_s"].to_numpy(float),
                              min_gap)
             y = i - 0.4 + j * height
             ax.broken_barh(bars, (y, height * 0.9), facecolors=STAGE_COLOURS.get(stage, "k"))
@@ -265,7 +266,7 @@ def scaling_figure(points: pd.DataFrame, exponents: pd.DataFrame | None = None,
         raise ValueError(f"scaling_figure draws one workload, got {len(workloads)}: filter "
                          "points to one workload first")
     if ax is None:
-        fig, (ax,) = _new_figure(11.0, 6.0)
+        fig, (ax,) = new_figure(11.0, 6.0)
     else:
         fig = _figure_of(ax)
     # keyed by workload too: ``exponents`` may hold every workload's (the report passes all)
@@ -336,7 +337,7 @@ def ratio_figure(frame: pd.DataFrame, ax: Axes | None = None, title: str = "",
     stages += sorted(set(frame["stage"]) - set(stages))
     series: Sequence[str] = list(dict.fromkeys(frame["series"]))
     if ax is None:
-        fig, (ax,) = _new_figure(10.0, min(40.0, max(3.0, 0.25 * len(stages) * len(series)
+        fig, (ax,) = new_figure(10.0, min(40.0, max(3.0, 0.25 * len(stages) * len(series)
                                                        + 1.5)))
     else:
         fig = _figure_of(ax)

@@ -225,7 +225,7 @@ def _history(runs: Sequence[Run], store_path: Path | None, factor: float
             run_id = _store_id(store, run)
             if run_id is None:
                 continue
-            machine = store._row(run_id).machine
+            machine = store.stored_run(run_id).machine
             this = T.measures(run.stages, run.runs)
             for cfg in store.configs_of(run_id).itertuples(index=False):
                 b_shown = cfg.backend if shown is run else f"{cfg.backend} [{run.name}]"

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.report.compare import compare_frames
-from harness.report.figures import MARK_COLOURS, STAGE_COLOURS, _new_figure
+from harness.report.figures import MARK_COLOURS, STAGE_COLOURS, new_figure
 from harness.report.tables import ORDER
 from harness.store.db import ResultsStore
 
@@ -86,7 +86,7 @@ def trend_figure(trend: pd.DataFrame, title: str = "") -> Figure:
         raise ValueError("no stored runs of this configuration: nothing to draw")
     run_ids = list(dict.fromkeys(trend["run_id"]))
     x_of = {r: i for i, r in enumerate(run_ids)}
-    fig, (ax,) = _new_figure(min(4.0 + 0.6 * len(run_ids), 16.0) + 3.0, 5.0)
+    fig, (ax,) = new_figure(min(4.0 + 0.6 * len(run_ids), 16.0) + 3.0, 5.0)
     for stage in ORDER:
         part = trend[(trend["stage"] == stage) & (trend["median_s"] > 0)]
         if part.empty:

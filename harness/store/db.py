@@ -225,7 +225,7 @@ class ResultsStore:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _row(self, run_id: int) -> StoredRun:
+    def stored_run(self, run_id: int) -> StoredRun:
         row = self.db.execute("SELECT id, name, created_utc, git_commit, machine, source "
                               "FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
@@ -256,7 +256,7 @@ class ResultsStore:
 
     def export_folder(self, run_id: int, out_dir: Path | str) -> Path:
         """Write stored run ``run_id``'s data files into ``out_dir`` (created); return it."""
-        self._row(run_id)
+        self.stored_run(run_id)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, data in self.db.execute("SELECT name, data FROM files WHERE run_id = ?",
@@ -267,7 +267,7 @@ class ResultsStore:
     def load_run(self, run_id: int) -> Run:
         """Stored run ``run_id`` as a validated ``Run`` labelled ``@ID`` (its ``path`` is
         the folder it came from, which may no longer exist)."""
-        row = self._row(run_id)
+        row = self.stored_run(run_id)
         with tempfile.TemporaryDirectory(prefix="stagecost-stored-") as tmp:
             run = read_run(self.export_folder(run_id, Path(tmp) / row.name))
         source = Path(row.source) if row.source else Path(row.name)
@@ -321,7 +321,7 @@ class ResultsStore:
 
     def previous(self, run_id: int, config_id: int) -> StoredRun | None:
         """The latest run before ``run_id`` of the same configuration on the same machine."""
-        row = self._row(run_id)
+        row = self.stored_run(run_id)
         earlier = self.config_runs(config_id, row.machine, upto=run_id)[:-1]
         return earlier[-1] if earlier else None
 
@@ -337,6 +337,6 @@ def open_store(path: Path | str, *, create: bool = True) -> Iterator[ResultsStor
 
 def stored_run_fields(store: ResultsStore, run_id: int) -> dict[str, Any]:
     """A stored run's row as a dict (for ``--json``)."""
-    r = store._row(run_id)
+    r = store.stored_run(run_id)
     return {"id": r.id, "name": r.name, "created_utc": r.created_utc,
             "git_commit": r.git_commit, "machine": r.machine, "source": r.source}

@@ -36,11 +36,11 @@ Task-spec objects (``dask._task_spec``)
 - A fused task (``Task.fuse``: ``_execute_subgraph(inner, outkey, inkeys, *deps)``) becomes
   nested ``Task``s when its inner graph is a tree no deeper than ``MAX_INLINE_DEPTH``;
   otherwise (an inner result used twice, or a long fused chain) it becomes
-  ``Task(_run_subgraph, inner TaskGraph, outkey, inkeys, *deps)``, run by our own executor.
+  ``Task(run_subgraph, inner TaskGraph, outkey, inkeys, *deps)``, run by our own executor.
   Either way its dependencies are its ``deps``, as in Dask (inputs the inner graph ignores
   are passed to ``_first(value, *ignored)`` around the nested tasks).
 - Any other ``GraphNode`` (a subclass with its own ``__call__``) cannot be converted
-  structurally and is wrapped as ``Task(_run_dask_node, node, {dep: <dep's value>, ...})``:
+  structurally and is wrapped as ``Task(run_dask_node, node, {dep: <dep's value>, ...})``:
   Dask's own code computes it from its dependencies' values, so results stay correct.
 
 General
@@ -102,12 +102,12 @@ def _first(value: Any, *ignored: Any) -> Any:
     return value
 
 
-def _run_dask_node(node: Any, values: dict) -> Any:
+def run_dask_node(node: Any, values: dict) -> Any:
     """Compute a Dask ``GraphNode`` we cannot convert, from its dependencies' values."""
     return node(values)
 
 
-def _run_subgraph(graph: TaskGraph, outkey: Key, inkeys: tuple, *values: Any) -> Any:
+def run_subgraph(graph: TaskGraph, outkey: Key, inkeys: tuple, *values: Any) -> Any:
     """Run a fused Dask task's inner graph with our executor; return ``outkey``'s value."""
     external = dict(zip(inkeys, values, strict=True))
     return graph.execute([outkey], external_values=external)[outkey]
@@ -293,7 +293,7 @@ class _Converter:
                 return {k: arg(v) for k, v in zip(ks, vs, strict=True)}
             return Task(dict, [[arg(k), arg(v)] for k, v in zip(ks, vs, strict=True)])
         # A node only Dask knows how to run: hand it its dependencies' values.
-        return Task(_run_dask_node, n, {d: self.ref(d) for d in n.dependencies})
+        return Task(run_dask_node, n, {d: self.ref(d) for d in n.dependencies})
 
     def cast(self, typ: Any, args: tuple) -> Any:
         """Dask's ``_identity_cast(*args, typ=typ)`` (how it rebuilds walked containers)."""
@@ -332,7 +332,7 @@ class _Converter:
             graph = from_dask(inner, external=list(inkeys))
         except InvalidKeyError:  # inner keys that are not keys: let Dask run it
             return self.plain_task(n)
-        return Task(_run_subgraph, graph, outkey, tuple(inkeys), *bound.values())
+        return Task(run_subgraph, graph, outkey, tuple(inkeys), *bound.values())
 
     def plain_task(self, n: Any) -> Task:
         return Task(n.func, *[self.arg(a) for a in n.args],
@@ -558,7 +558,7 @@ def _build(keys: list[Key], specs: list[Any], dep_keys: list[Any], indptr: list[
            external: list[Key]) -> TaskGraph:
     """One explicit group from converted tasks; dependency keys resolved to ids."""
     block = ExplicitKeys(keys)
-    pos = block._pos
+    pos = block.positions
     n = len(keys)
     ext = [k for k in dict.fromkeys(external) if k not in pos]
     get = pos.get

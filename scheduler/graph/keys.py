@@ -299,7 +299,7 @@ class RegularKeys(KeyBlock):
 class ExplicitKeys(KeyBlock):
     """Any list of distinct keys."""
 
-    __slots__ = ("keys", "_pos")
+    __slots__ = ("keys", "positions")
 
     def __init__(self, keys: Sequence[Key], *, validate: bool = True) -> None:
         keys = list(keys)
@@ -312,7 +312,7 @@ class ExplicitKeys(KeyBlock):
             dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
             raise ValueError(f"key {dup!r} appears twice in one key block")
         self.keys = keys
-        self._pos = pos
+        self.positions = pos  # key -> its index in the block (read-only for callers)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -322,7 +322,7 @@ class ExplicitKeys(KeyBlock):
 
     def position(self, key: object) -> int:
         try:
-            return self._pos.get(key, -1)  # type: ignore[call-overload]
+            return self.positions.get(key, -1)  # type: ignore[call-overload]
         except TypeError:  # unhashable: cannot be a key
             return -1
 

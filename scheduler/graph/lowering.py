@@ -149,7 +149,7 @@ def explicit_structure(keys: ExplicitKeys, deps: Sequence[Sequence[Key]], start:
                        resolve: Callable[[Key], int]) -> Structure:
     """Explicit tasks whose dependencies are given by key: a key of this block, or one that
     ``resolve`` finds among the layers placed before (else ``MissingDependencyError``)."""
-    pos = keys._pos
+    pos = keys.positions
     ptr = [0]
     idx: list[int] = []
     missing: dict[object, object] = {}

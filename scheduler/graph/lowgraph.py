@@ -117,7 +117,7 @@ class TaskGroup:
 class TaskGraph:
     """Groups of tasks with integer ids; see the module docstring for the rules."""
 
-    __slots__ = ("groups", "offsets", "n", "external", "_by_name", "_ext_pos")
+    __slots__ = ("groups", "offsets", "n", "external", "by_name", "_ext_pos")
 
     def __init__(self, groups: Sequence[TaskGroup], external: Sequence[Key] = (),
                  *, validate: bool = True) -> None:
@@ -134,10 +134,12 @@ class TaskGraph:
             for k in self.external:
                 counts[k] = counts.get(k, 0) + 1
             raise DuplicateKeyError([k for k, c in counts.items() if c > 1])
-        self._by_name: dict[Hashable, list[int]] = {}
+        # key name -> indices of the groups holding keys of that name (read, never changed,
+        # by the scheduler's index of live graphs)
+        self.by_name: dict[Hashable, list[int]] = {}
         for gi, g in enumerate(self.groups):
             for name in g.keys.names():
-                self._by_name.setdefault(name, []).append(gi)
+                self.by_name.setdefault(name, []).append(gi)
         if validate:
             self.validate()
 
@@ -149,7 +151,7 @@ class TaskGraph:
     def id_of(self, key: object) -> int:
         """The id of ``key`` (external ids included), or -1."""
         try:
-            gis = self._by_name.get(key_name(key), ())  # type: ignore[arg-type]
+            gis = self.by_name.get(key_name(key), ())  # type: ignore[arg-type]
             j = self._ext_pos.get(key, -1)  # type: ignore[call-overload]
         except TypeError:  # unhashable: cannot be a key
             return -1
@@ -175,7 +177,7 @@ class TaskGraph:
         first = keys[0] if keys else None
         if type(first) is not tuple or not first or not isinstance(first[0], str):
             return None
-        for gi in self._by_name.get(first[0], ()):
+        for gi in self.by_name.get(first[0], ()):
             block = self.groups[gi].keys
             if isinstance(block, RegularKeys) and len(block.shape) == len(first) - 1:
                 pos = block.positions(keys)
@@ -249,7 +251,7 @@ class TaskGraph:
                 self.explicit_order(gi)  # raises CycleError
 
     def _check_duplicates(self) -> None:
-        for gis in self._by_name.values():
+        for gis in self.by_name.values():
             if len(gis) < 2:
                 continue
             blocks = [self.groups[gi].keys for gi in gis]
@@ -268,7 +270,7 @@ class TaskGraph:
                 raise DuplicateKeyError(dups)
         both = [k for k in self.external if any(
             self.groups[gi].keys.position(k) >= 0
-            for gi in self._by_name.get(key_name(k), ()))]
+            for gi in self.by_name.get(key_name(k), ()))]
         if both:
             raise DuplicateKeyError(both)
 
@@ -364,7 +366,7 @@ class TaskGraph:
         ptr = [0]
         idx: list[int] = []
         missing: dict[Any, Any] = {}
-        pos = keys._pos
+        pos = keys.positions
         for key, value in dsk.items():
             spec, deps = refs_to_slots(value)
             specs.append(spec)

@@ -77,7 +77,7 @@ def cull(graph: TaskGraph, keys: Iterable[Key]) -> TaskGraph:
         raise TypeError(f"cull takes an iterable of keys, got the str {keys!r}: pass [{keys!r}]")
     n = graph.n
     needed = np.zeros(n + len(graph.external), dtype=bool)
-    needed[_key_ids(graph, list(keys))] = True
+    needed[key_ids(graph, list(keys))] = True
     offsets = graph.offsets.tolist()
     for gi in range(len(graph.groups) - 1, -1, -1):
         g = graph.groups[gi]
@@ -131,7 +131,7 @@ def fuse_linear(graph: TaskGraph, keep: Iterable[Key] = (), *,
         return graph
     n, total = graph.n, graph.n + len(graph.external)
     kept = np.zeros(total, dtype=bool)
-    kept[_key_ids(graph, list(keep))] = True
+    kept[key_ids(graph, list(keep))] = True
     edges = [g.indices for g in graph.groups]
     counts = (np.bincount(np.concatenate(edges), minlength=total) if edges
               else np.zeros(total, dtype=np.int64))
@@ -561,7 +561,7 @@ def _subset_keys(block: KeyBlock, pos: np.ndarray) -> list[Key]:
 _MAX_NAMES_BY_COLUMN = 16
 
 
-def _key_ids(graph: TaskGraph, keys: list[Any]) -> np.ndarray:
+def key_ids(graph: TaskGraph, keys: list[Any]) -> np.ndarray:
     """Ids of ``keys`` in ``graph``; raises ``UnknownKeyError`` naming the missing ones.
 
     Same answer as ``graph.ids_of``, faster when many keys are tuples of one length naming a

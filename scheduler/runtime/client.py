@@ -92,7 +92,7 @@ class Future:
         self.graph_id = graph_id
         self._value: Any = None
         self._have = False
-        self._finalizer = weakref.finalize(self, client._release_soon, graph_id)
+        self._finalizer = weakref.finalize(self, client.release_soon, graph_id)
 
     def result(self, timeout: float | None = 60.0) -> Any:
         if not self._have:
@@ -438,7 +438,18 @@ class Client:
             with contextlib.suppress(CommClosedError):
                 self._comm.post_msg("release", {"graph_id": graph_id})
 
-    def _release_soon(self, graph_id: str) -> None:
+    def holders(self, graph_id: str | None = None) -> dict[int, int]:
+        """Where the results of a live graph are held (global task id -> worker id), as this
+        client last heard; without ``graph_id``, those of the oldest live graph."""
+        p = next(iter(self._pending.values()), None) if graph_id is None else \
+            self._pending.get(graph_id)
+        if p is None:
+            raise KeyError(f"no live graph {graph_id!r} on this client" if graph_id else
+                           "no live graph on this client")
+        return dict(p.held)
+
+    def release_soon(self, graph_id: str) -> None:
+        """Release ``graph_id`` from any thread (the release runs on the client's loop)."""
         if not self._closed and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._release, graph_id)
 
@@ -522,7 +533,7 @@ class Client:
         if record is not None:
             fields["record"] = bool(record)
         msg = self._sync(self._ask("spans", fields), self.timeout)
-        rows = self.recorder.drain() if drain else list(self.recorder._rows)
+        rows = self.recorder.drain() if drain else self.recorder.rows()
         if record is not None:
             self.recorder.enabled = bool(record)
         off = self.offset_ns

@@ -51,7 +51,7 @@ from ..wire.frames import pack_frames
 from .clocks import now_ns
 from .dispatch import GraphCatalog, compute_messages, graph_def_message
 from .messages import unpack
-from .worker import FIRST_BATCH, _run_batch, batch_size
+from .worker import FIRST_BATCH, batch_size, run_batch
 
 __all__ = ["InProcessCluster", "InprocResult"]
 
@@ -212,7 +212,7 @@ class InProcessCluster:
         finished: list[int] = []
         for ins in instructions:
             if isinstance(ins, Execute):
-                results, errors, elapsed_ns = _run_batch(ins.tasks, self.worker_recs[w])
+                results, errors, elapsed_ns = run_batch(ins.tasks, self.worker_recs[w])
                 ws.max_batch = batch_size(len(results) + len(errors), elapsed_ns)
                 self._worker_do(w, ws.handle(ExecutedEvent(stimulus_id="ran", results=results,
                                                            errors=errors)))

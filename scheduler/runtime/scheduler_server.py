@@ -512,7 +512,7 @@ class SchedulerServer:
         the last drain (``drain`` starts a new period everywhere); ``record``, if given,
         turns recording on or off everywhere from then on."""
         rows: list[list[Any]] = [list(r) for r in (self.recorder.drain() if drain
-                                                  else list(self.recorder._rows))]
+                                                  else self.recorder.rows())]
         if record is not None:
             self.recorder.enabled = record
         rss = {"scheduler": peak_rss(reset=drain)}

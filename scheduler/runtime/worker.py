@@ -56,7 +56,7 @@ from .gcpolicy import task_gc
 from .memory import peak_rss
 from .messages import Message
 
-__all__ = ["WorkerServer", "dumps_error", "dumps_values", "main"]
+__all__ = ["WorkerServer", "dumps_error", "dumps_values", "main", "run_batch"]
 
 REPORT_INTERVAL = 0.002
 """Seconds finished tasks may wait to be reported together (fewer, bigger messages)."""
@@ -106,7 +106,7 @@ def dumps_values(values: dict[int, Any]) -> tuple[bytes, dict[int, str]]:
     return cloudpickle.dumps(good), bad
 
 
-def _run_batch(tasks: list, recorder: SpanRecorder,
+def run_batch(tasks: list, recorder: SpanRecorder,
                report: Callable[[dict[int, Any], list], None] | None = None
                ) -> tuple[dict[int, Any], list, int]:
     """(results, errors, nanoseconds the batch took) of the tasks not yet reported.
@@ -286,7 +286,7 @@ class WorkerServer:
             self._set_peers(msg["peers"])
         elif op == "spans":
             drain = bool(msg.fields.get("drain", True))
-            rows = self.recorder.drain() if drain else list(self.recorder._rows)
+            rows = self.recorder.drain() if drain else self.recorder.rows()
             if msg.fields.get("record") is not None:
                 self.recorder.enabled = bool(msg.fields["record"])
             shifted = [[r[0], r[1], r[2] + self.offset_ns, r[3] + self.offset_ns, *r[4:]]
@@ -330,7 +330,7 @@ class WorkerServer:
                 # partial results are queued on the loop from the task thread before the
                 # batch's future completes, so they are handled first
                 report = functools.partial(loop.call_soon_threadsafe, self._partial_done)
-                fut = loop.run_in_executor(self._pool, _run_batch, ins.tasks, self.recorder,
+                fut = loop.run_in_executor(self._pool, run_batch, ins.tasks, self.recorder,
                                            report)
                 fut.add_done_callback(functools.partial(self._batch_done, len(ins.tasks)))
             elif isinstance(ins, ReportFinished):

@@ -184,7 +184,9 @@ class SchedulerState:
 
     def bookkeeping(self) -> dict[str, int]:
         """Sizes of the indexes kept beside the segments (all 0 when no graph is live)."""
-        return {"names": len(self._names), "cross": len(self._cross),
+        return {"graphs": len(self._by_graph), "bases": len(self._bases),
+                "by_base": len(self._by_base),
+                "names": len(self._names), "cross": len(self._cross),
                 "watch": len(self._watch), "failures": len(self._failures),
                 "copies": len(self._copies),
                 "queued": len(self._queue)}
@@ -242,6 +244,11 @@ class SchedulerState:
             if 0 <= i < seg.n:
                 return int(seg.resolve(np.asarray([i]))[0])
         return -1
+
+    def moves(self) -> list[tuple[str, int, np.ndarray, np.ndarray, int]]:
+        """The remembered transitions, oldest first: ``(stimulus id, segment base, local ids,
+        their previous states, new state)`` per batch moved."""
+        return list(self._story)
 
     def story(self, gid: int) -> list[str]:
         """The remembered transitions of task ``gid`` (oldest first)."""

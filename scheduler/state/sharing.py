@@ -66,7 +66,7 @@ def shared_keys(graph: TaskGraph, graphs_by_name: Callable[[Hashable], Sequence[
             continue
         for nm in g.keys.names():
             for other, resolve in graphs_by_name(nm):
-                for ogi in other._by_name.get(nm, ()):
+                for ogi in other.by_name.get(nm, ()):
                     pa, pb = block_overlap(g.keys, other.groups[ogi].keys)
                     if len(pa):
                         locs.append(pa + int(graph.offsets[gi]))

@@ -60,7 +60,7 @@ from .encodings import (
 )
 from .frames import BytesLike
 
-__all__ = ["VERSION", "decode", "encode"]
+__all__ = ["VERSION", "SpecDumper", "decode", "encode"]
 
 VERSION = 1
 
@@ -89,7 +89,7 @@ class _TablePickler(cloudpickle.Pickler):
         return i
 
 
-class _SpecDumper:
+class SpecDumper:
     """Pickles specs one at a time against one function table."""
 
     __slots__ = ("functions", "_buf", "_pickler")
@@ -146,7 +146,7 @@ def _deps_to_wire(g: TaskGroup) -> tuple[str, int | None, np.ndarray, np.ndarray
 
 def encode(graph: TaskGraph) -> tuple[dict[str, Any], list[Any]]:
     """Header fields and payload frames (function table, arrays) of ``graph``."""
-    dumper = _SpecDumper()
+    dumper = SpecDumper()
     arrays: list[memoryview] = []
     groups = []
     for g in graph.groups:

@@ -26,7 +26,7 @@ from ..graph.keys import Key, RegularKeys, key_name, key_repr
 from ..graph.layers import LayerGraph, Materialized, layer_structure
 from ..graph.lowering import Placed, reduction_levels, shuffle_stage_sizes
 from ..graph.lowgraph import TaskGraph, TaskGroup
-from .compact import _SpecDumper
+from .compact import SpecDumper
 from .encodings import GraphLimits, build_graph
 from .frames import BytesLike, WireError
 
@@ -43,7 +43,7 @@ def encode_layers(layers: LayerGraph, outputs: Sequence[str]) -> tuple[dict[str,
         if name not in layers.layers:
             raise ValueError(f"output layer {name!r} is not in the layer graph")
     layers = layers.cull(outputs)
-    dumper = _SpecDumper()
+    dumper = SpecDumper()
     entries = []
     for layer in layers.layers.values():
         entry: dict[str, Any] = {"kind": layer.kind, "params": layer.params()}
