@@ -232,3 +232,36 @@ def test_without_report_a_batch_returns_everything_at_its_end() -> None:
     tasks = [(i, lambda args, index: _nap_then(*args), [2, i], ()) for i in range(15)]
     results, errors, _ = run_batch(tasks, SpanRecorder("w", enabled=False))
     assert results == {i: i for i in range(15)} and errors == []
+
+
+def test_a_worker_event_made_from_a_task_message_names_the_scheduler_event() -> None:
+    """The task message the scheduler builds for a ``SendTasks`` carries that instruction's
+    stimulus id, and the worker's event decoded from it keeps it; a message from a peer that
+    sends none gets an id numbered by the worker, never a constant."""
+    import numpy as np
+
+    from scheduler.runtime.dispatch import GraphCatalog, compute_messages, graph_def_message
+    from scheduler.runtime.messages import unpack
+    from scheduler.runtime.worker import WorkerServer
+    from scheduler.state.events import GraphSubmittedEvent, SendTasks, WorkerAddedEvent
+    from scheduler.state.scheduler import SchedulerState
+    from scheduler.wire.encodings import decode_graph, encode_graph
+
+    graph = TaskGraph.from_dict({("a", i): Task(inc, i) for i in range(3)})
+    wire = decode_graph([bytes(f) for f in encode_graph(graph, "compact")])
+    state = SchedulerState()
+    state.handle(WorkerAddedEvent(stimulus_id="add-0", worker=0, nthreads=1))
+    out = state.handle(GraphSubmittedEvent(stimulus_id="graph-7", client="c", graph_id="g",
+                                           graph=wire.graph, outputs=np.arange(3)))
+    [send] = [i for i in out if isinstance(i, SendTasks)]
+    assert send.stimulus_id == "graph-7"
+    catalog = GraphCatalog()
+    catalog.define(unpack(graph_def_message(state.segments[send.segment], wire.functions)))
+    [msg] = [unpack(m) for m in compute_messages(state, send)]
+    assert msg.fields["stim"] == "graph-7"
+    worker = WorkerServer("tcp://127.0.0.1:1", name="w-test")
+    event = catalog.compute_event(msg, worker.stimulus_of(msg))
+    assert event.stimulus_id == "graph-7"
+    del msg.fields["stim"]
+    first, second = worker.stimulus_of(msg), worker.stimulus_of(msg)
+    assert first.startswith("w-test-compute-") and first != second

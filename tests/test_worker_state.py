@@ -341,3 +341,34 @@ def test_reports_echo_the_newest_assignment_and_older_releases_are_ignored() -> 
     ws.handle(ReleaseDataEvent(stimulus_id="new", ids=np.asarray([5]),
                                seqs=np.asarray([3], dtype=np.int32)))
     assert ws.data == {} and ws.seq == {}
+
+
+# --- causes and pace ------------------------------------------------------------------------
+
+def test_every_instruction_names_the_event_that_caused_it() -> None:
+    """A batch of work started by a scheduler message carries that message's stimulus id;
+    the report of the batch carries the id of the event that said it ran; a fetch carries
+    the id of the compute message that needed the data."""
+    ws = WorkerState(nthreads=1, max_batch=8)
+    out = ws.handle(compute([1, 2], stimulus_id="done-41"),
+                    compute([3], deps=[[9]], holders=[[2]], stimulus_id="done-42"))
+    [ex] = of(out, Execute)
+    [fetch] = of(out, FetchData)
+    assert ex.stimulus_id == "done-42"  # the batch started after both were handled
+    assert fetch.stimulus_id == "done-42" and fetch.ids == [9]
+    ran = dataclasses.replace(execute(ex), stimulus_id="worker-a-ran-0")
+    [report] = of(ws.handle(ran), ReportFinished)
+    assert report.stimulus_id == "worker-a-ran-0" and report.ids == [1, 2]
+
+
+def test_the_batch_size_comes_with_the_event_that_measured_it() -> None:
+    """The runtime says how many tasks the next batch may take (from the last batch's pace)
+    in the ``ExecutedEvent``; the state uses it for the batches it starts next."""
+    ws = WorkerState(nthreads=1, max_batch=2)
+    [ex] = of(ws.handle(compute(list(range(10)))), Execute)
+    assert len(ex.tasks) == 2
+    done = dataclasses.replace(execute(ex), next_batch=5)
+    [ex2] = of(ws.handle(done), Execute)
+    assert len(ex2.tasks) == 5
+    with pytest.raises(ValueError, match="at least one task"):
+        ws.handle(dataclasses.replace(execute(ex2), next_batch=0))

@@ -76,7 +76,8 @@ def compute_message(state: SchedulerState, ins: SendTasks) -> list[Any]:
               "seq": seg.seq[local]}
     if spec_at is not None:
         arrays["spec_at"] = spec_at
-    return pack("compute", {"sid": seg.sid}, arrays, blobs)
+    fields = {"sid": seg.sid, "stim": ins.stimulus_id} if ins.stimulus_id else {"sid": seg.sid}
+    return pack("compute", fields, arrays, blobs)
 
 
 def compute_messages(state: SchedulerState, ins: SendTasks) -> Iterator[list[Any]]:

@@ -10,6 +10,7 @@ Spans use the same stages and roles as the cluster (``client``, ``scheduler``,
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ class InProcessCluster:
         self._introduced: list[set[int]] = [set() for _ in range(n_workers)]
         self._functions: dict[int, bytes] = {}
         self._jobs: deque[tuple[int, list[WorkerInstruction]]] = deque()
+        self._stims = itertools.count()  # numbers the stimulus ids of workers' own events
         for i in range(n_workers):
             self.state.handle(WorkerAddedEvent(stimulus_id=f"add-{i}", worker=i,
                                                nthreads=nthreads))
@@ -128,7 +130,7 @@ class InProcessCluster:
             # let the batches already handed to workers finish as a real worker would: a
             # worker whose batch never ends would think its thread busy for ever
             self._apply(self.state.handle(ClientReleasedKeysEvent(
-                stimulus_id="release", client="inproc", graph_id=graph_id)))
+                stimulus_id=f"release-{graph_id}", client="inproc", graph_id=graph_id)))
             while self._jobs:
                 self._apply(self._step())
         return InprocResult(results, t_submit, now_ns(), nbytes)
@@ -178,10 +180,10 @@ class InProcessCluster:
         for i in instructions:
             if isinstance(i, ReleaseData):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
-                    ReleaseDataEvent(stimulus_id="release", ids=i.ids, seqs=i.seqs)))
+                    ReleaseDataEvent(stimulus_id=i.stimulus_id, ids=i.ids, seqs=i.seqs)))
             elif isinstance(i, CancelTasks):
                 self._worker_do(i.worker, self.workers[i.worker].handle(
-                    CancelTasksEvent(stimulus_id="cancel", ids=i.ids)))
+                    CancelTasksEvent(stimulus_id=i.stimulus_id, ids=i.ids)))
 
     def _deliver(self, w: int, chunks: list[Any]) -> None:
         from ..wire.frames import FrameReader
@@ -196,7 +198,8 @@ class InProcessCluster:
             if msg.op == "graph-def":
                 self.catalogs[w].define(msg)
                 return
-            event: ComputeTasksEvent = self.catalogs[w].compute_event(msg, "compute")
+            event: ComputeTasksEvent = self.catalogs[w].compute_event(
+                msg, str(msg.fields.get("stim") or f"w{w}-compute-{next(self._stims)}"))
             sp.tasks = len(event.ids)
         self._worker_do(w, self.workers[w].handle(event))
 
@@ -213,23 +216,25 @@ class InProcessCluster:
         for ins in instructions:
             if isinstance(ins, Execute):
                 results, errors, elapsed_ns = run_batch(ins.tasks, self.worker_recs[w])
-                ws.max_batch = batch_size(len(results) + len(errors), elapsed_ns)
-                self._worker_do(w, ws.handle(ExecutedEvent(stimulus_id="ran", results=results,
-                                                           errors=errors)))
+                self._worker_do(w, ws.handle(ExecutedEvent(
+                    stimulus_id=f"w{w}-ran-{next(self._stims)}", results=results,
+                    errors=errors, next_batch=batch_size(len(results) + len(errors),
+                                                         elapsed_ns))))
             elif isinstance(ins, FetchData):
                 peer = self.workers[ins.peer]
                 with self.worker_recs[w].span(Stage.execute, tasks=len(ins.ids), messages=1):
                     values = {i: peer.data[i] for i in ins.ids if i in peer.data}
                     missing = [i for i in ins.ids if i not in peer.data]
                 self._worker_do(w, ws.handle(DataFetchedEvent(
-                    stimulus_id="fetched", peer=ins.peer, values=values, missing=missing)))
+                    stimulus_id=f"w{w}-fetched-{next(self._stims)}", peer=ins.peer,
+                    values=values, missing=missing)))
             elif isinstance(ins, ReportFinished):
                 finished.extend(ins.ids)
             elif isinstance(ins, ReportErred):
-                out += self._sched(TaskErredEvent(stimulus_id="erred", worker=w, id=ins.id,
+                out += self._sched(TaskErredEvent(stimulus_id=f"w{w}-erred-{next(self._stims)}", worker=w, id=ins.id,
                                                   error=ins.error, text=ins.text), 1)
         if finished:
-            out += self._sched(TasksFinishedEvent(stimulus_id="done", worker=w,
+            out += self._sched(TasksFinishedEvent(stimulus_id=f"w{w}-done-{next(self._stims)}", worker=w,
                                                   ids=np.asarray(finished, dtype=np.int64)),
                                len(finished))
         return out

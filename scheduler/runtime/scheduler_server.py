@@ -404,15 +404,21 @@ class SchedulerServer:
         sends: dict[tuple[int, int], list[np.ndarray]] = {}
         releases: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         cancels: dict[int, list[np.ndarray]] = {}
+        # each message to a worker names the scheduler event that caused it (the first, when
+        # instructions of several events are merged into one message)
+        cause: dict[tuple[str, int, int], str] = {}
         for ins in instructions:
             if isinstance(ins, SendTasks):
                 sends.setdefault((ins.worker, ins.segment), []).append(ins.ids)
+                cause.setdefault(("compute", ins.worker, ins.segment), ins.stimulus_id)
             elif isinstance(ins, ReleaseData):
                 rel = releases.setdefault(ins.worker, ([], []))
                 rel[0].append(ins.ids)
                 rel[1].append(_any_seq(len(ins.ids)) if ins.seqs is None else ins.seqs)
+                cause.setdefault(("release", ins.worker, 0), ins.stimulus_id)
             elif isinstance(ins, CancelTasks):
                 cancels.setdefault(ins.worker, []).append(ins.ids)
+                cause.setdefault(("cancel", ins.worker, 0), ins.stimulus_id)
             elif isinstance(ins, KeysInMemory):
                 self._to_client(ins.client, "in-memory", {"graph_id": ins.graph_id,
                                                           "done": ins.done},
@@ -425,7 +431,8 @@ class SchedulerServer:
                 self._to_client(ins.client, "graph-rejected", {"graph_id": ins.graph_id,
                                                                "reason": ins.reason})
         for w, parts in cancels.items():
-            self._to_worker(w, "cancel", {}, {"ids": np.concatenate(parts)})
+            self._to_worker(w, "cancel", {"stim": cause["cancel", w, 0]},
+                            {"ids": np.concatenate(parts)})
         if sends:
             ntasks = sum(len(p) for parts in sends.values() for p in parts)
             with self.recorder.span(Stage.dispatch, tasks=ntasks) as sp:
@@ -440,18 +447,21 @@ class SchedulerServer:
                             seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
                     for frames in compute_messages(self.state, SendTasks(
-                            stimulus_id="", worker=w, segment=sid, ids=ids)):
+                            stimulus_id=cause["compute", w, sid], worker=w, segment=sid,
+                            ids=ids)):
                         sp.nbytes += self._post(worker, frames)
                         sp.messages += 1
         for w, (rel_ids, rel_seqs) in releases.items():
-            self._to_worker(w, "release", {}, {"ids": _cat(rel_ids), "seq": _cat(rel_seqs)})
+            self._to_worker(w, "release", {"stim": cause["release", w, 0]},
+                            {"ids": _cat(rel_ids), "seq": _cat(rel_seqs)})
         live = set(self.state.segments)
         for sid in [s for s in self.functions if s not in live]:
             del self.functions[sid]
             for worker in self.workers.values():
                 if sid in worker.introduced:
                     worker.introduced.discard(sid)
-                    self._to_worker(worker.wid, "forget-graph", {"sid": sid})
+                    self._to_worker(worker.wid, "forget-graph",
+                                    {"sid": sid, "stim": f"forget-graph-{sid}"})
 
     def _to_worker(self, w: int, op: str, fields: dict[str, Any],
                    arrays: dict[str, Any] | None = None) -> None:

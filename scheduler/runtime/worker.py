@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import pickle
 import signal
@@ -164,6 +165,7 @@ class WorkerServer:
         self.auth_token = auth_token
         self.state = WorkerState(nthreads, max_batch=FIRST_BATCH)
         self.catalog = GraphCatalog()
+        self._stims = itertools.count()
         self.recorder = SpanRecorder(self.name, enabled=record)
         self.peers: dict[int, str] = {}
         self.wid = -1
@@ -271,17 +273,17 @@ class WorkerServer:
             except SpecLoadError as e:
                 self._failed_graphs[int(msg["sid"])] = str(e)
         elif op == "release":
-            self._handle(ReleaseDataEvent(stimulus_id="release", ids=msg.array("ids"),
+            self._handle(ReleaseDataEvent(stimulus_id=self.stimulus_of(msg), ids=msg.array("ids"),
                                           seqs=msg.arrays.get("seq")))
         elif op == "cancel":
-            self._handle(CancelTasksEvent(stimulus_id="cancel", ids=msg.array("ids")))
+            self._handle(CancelTasksEvent(stimulus_id=self.stimulus_of(msg), ids=msg.array("ids")))
         elif op == "forget-graph":
             sid = int(msg["sid"])
             self.catalog.forget(sid)
             self._failed_graphs.pop(sid, None)
             base, n = self._ranges.pop(sid, (0, 0))
             if n:
-                self._handle(ForgetGraphEvent(stimulus_id="forget", base=base, n=n))
+                self._handle(ForgetGraphEvent(stimulus_id=self.stimulus_of(msg), base=base, n=n))
         elif op == "peers":
             self._set_peers(msg["peers"])
         elif op == "spans":
@@ -303,6 +305,16 @@ class WorkerServer:
             return False
         return True
 
+    def stimulus_of(self, msg: Message) -> str:
+        """The stimulus id of a message from the scheduler: the id of the scheduler's event
+        that caused it (``stim``), or one numbered here for a peer without it."""
+        stim = msg.fields.get("stim")
+        return stim if isinstance(stim, str) and stim else self._own(msg.op)
+
+    def _own(self, what: str) -> str:
+        """A stimulus id of this worker's own events (a batch ran, data arrived)."""
+        return f"{self.name}-{what}-{next(self._stims)}"
+
     def _on_compute(self, msg: Message) -> None:
         sid = int(msg["sid"])
         ids = msg.array("ids")
@@ -314,7 +326,7 @@ class WorkerServer:
                 self._scheduler.post_msg("erred", {"id": tid, "text": text}, blobs=[blob])
             return
         with self.recorder.span(Stage.dispatch, tasks=len(ids), messages=1):
-            event = self.catalog.compute_event(msg, "compute")
+            event = self.catalog.compute_event(msg, self.stimulus_of(msg))
         self._handle(event)
 
     # --- the state machine and its instructions -------------------------------------------------
@@ -356,7 +368,7 @@ class WorkerServer:
         if self._done.is_set():
             return
         with self.recorder.span(Stage.execute, tasks=0):
-            self._handle(ExecutedEvent(stimulus_id="executed-part", results=results,
+            self._handle(ExecutedEvent(stimulus_id=self._own("ran-part"), results=results,
                                        errors=errors, partial=True))
 
     def _batch_done(self, n_tasks: int, fut: asyncio.Future[Any]) -> None:
@@ -368,12 +380,12 @@ class WorkerServer:
                   file=sys.stderr)
             return
         results, errors, elapsed_ns = fut.result()
-        self.state.max_batch = batch_size(n_tasks, elapsed_ns)
         # reporting back (execute): storing results, starting the next batches, queueing
         # the report
         with self.recorder.span(Stage.execute, tasks=0):
-            self._handle(ExecutedEvent(stimulus_id="executed", results=results,
-                                       errors=errors))
+            self._handle(ExecutedEvent(stimulus_id=self._own("ran"), results=results,
+                                       errors=errors,
+                                       next_batch=batch_size(n_tasks, elapsed_ns)))
 
     def _flush_finished(self) -> None:
         self._flush_pending = False
@@ -448,7 +460,8 @@ class WorkerServer:
             except (CommClosedError, WireError, TimeoutError, OSError):
                 self._peer_comms.pop(address, None)
         if not self._done.is_set():
-            self._handle(DataFetchedEvent(stimulus_id="fetched", peer=peer, values=values,
+            self._handle(DataFetchedEvent(stimulus_id=self._own("fetched"), peer=peer,
+                                          values=values,
                                           missing=missing, unserializable=bad))
 
     async def _on_peer(self, comm: Comm) -> None:

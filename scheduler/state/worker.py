@@ -76,6 +76,7 @@ class ExecutedEvent(WorkerEvent):
     results: dict[int, Any]
     errors: list[tuple[int, bytes, str]] = field(default_factory=list)
     partial: bool = False
+    next_batch: int | None = None  # most tasks for the next batch (the runtime's pace)
 
 
 @dataclass(**_DC)
@@ -305,6 +306,10 @@ class WorkerState:
     def _executed(self, ev: ExecutedEvent) -> None:
         if not ev.partial:
             self.running_batches -= 1
+        if ev.next_batch is not None:
+            if ev.next_batch < 1:
+                raise ValueError(f"a batch needs at least one task, got {ev.next_batch}")
+            self.max_batch = ev.next_batch
         self.data.update(ev.results)
         self.running.difference_update(ev.results)
         self.running.difference_update(t for t, _, _ in ev.errors)
