@@ -182,7 +182,7 @@ class ClusterSim:
 
     def add_worker(self) -> int:
         wid = max(self.workers, default=-1) + 1
-        self.workers[wid] = _Worker(wid, WorkerState(self.nthreads, max_batch=4))
+        self.workers[wid] = _Worker(wid, WorkerState(self.nthreads, max_batch=4, check_moves=True))
         self._to_scheduler(WorkerAddedEvent(stimulus_id=self._stim("add"), worker=wid,
                                             nthreads=self.nthreads))
         return wid

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from scheduler.state.worker import (
+    MOVES,
     CancelTasksEvent,
     ComputeTasksEvent,
     DataFetchedEvent,
@@ -21,14 +22,22 @@ from scheduler.state.worker import (
     ExecutedEvent,
     FetchData,
     ForgetGraphEvent,
+    InvalidMove,
     ReleaseDataEvent,
     ReportDataLost,
     ReportErred,
     ReportFinished,
     WorkerState,
+    WorkerTaskState,
 )
 
 T = TypeVar("T")
+
+
+@pytest.fixture(autouse=True)
+def _every_move_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every story here checks each task's moves against the legality table."""
+    monkeypatch.setattr(WorkerState, "CHECK_MOVES", True)
 
 
 def total_plus_one(args: list, index: tuple) -> int:
@@ -372,3 +381,35 @@ def test_the_batch_size_comes_with_the_event_that_measured_it() -> None:
     assert len(ex2.tasks) == 5
     with pytest.raises(ValueError, match="at least one task"):
         ws.handle(dataclasses.replace(execute(ex2), next_batch=0))
+
+
+def test_task_states_follow_a_story_through_the_legal_moves() -> None:
+    """A task waits for a dependency fetched from a peer, becomes ready when it arrives,
+    executes, and holds its result until released; the fetched copy goes once used."""
+    ws = WorkerState(nthreads=1, max_batch=4)
+    out = ws.handle(compute([5], deps=[[9]], holders=[[1]]))
+    assert ws.state_of(5) is WorkerTaskState.waiting
+    assert ws.state_of(9) is WorkerTaskState.fetching and of(out, FetchData)
+    [ex] = of(ws.handle(DataFetchedEvent(stimulus_id="got", peer=1, values={9: 1},
+                                         missing=[])), Execute)
+    assert ws.state_of(5) is WorkerTaskState.executing
+    assert ws.state_of(9) is WorkerTaskState.released  # the copy was read: dropped
+    ws.handle(execute(ex))
+    assert ws.state_of(5) is WorkerTaskState.memory
+    ws.handle(ReleaseDataEvent(stimulus_id="rel", ids=np.asarray([5])))
+    assert ws.state_of(5) is WorkerTaskState.released and ws.states() == {}
+
+
+def test_a_move_outside_the_table_is_refused_with_the_task_and_the_cause() -> None:
+    """A result for a task this worker never ran would take it from released to memory,
+    which no event may do: with the check on, that is an error naming both."""
+    assert WorkerTaskState.memory not in MOVES[WorkerTaskState.released]
+    ws = WorkerState(nthreads=1)
+    with pytest.raises(InvalidMove, match=r"task id 3 moved from released to memory on "
+                                          r"ExecutedEvent \('bogus'\)"):
+        ws.handle(ExecutedEvent(stimulus_id="bogus", results={3: 0}, partial=True))
+
+
+def test_every_state_has_its_moves_listed() -> None:
+    assert set(MOVES) == set(WorkerTaskState)
+    assert all(s not in MOVES[s] for s in WorkerTaskState)

@@ -20,10 +20,9 @@ import numpy as np
 
 from ..graph.keys import RegularKeys
 from ..graph.task import IndexSlot, compile_spec, placeholders
-from ..state.events import SendTasks
+from ..state.events import ComputeTasksEvent, SendTasks
 from ..state.scheduler import SchedulerState
 from ..state.segment import Segment, csr_gather
-from ..state.worker import ComputeTasksEvent
 from ..wire.encodings import SpecLoader
 from ..wire.frames import WireError
 from .messages import Message, pack

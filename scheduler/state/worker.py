@@ -28,133 +28,37 @@ Numbers are kept only for tasks sent more than once (``seq``); the others are 1.
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
 import numpy as np
 
+from .events import (
+    CancelTasksEvent,
+    ComputeTasksEvent,
+    DataFetchedEvent,
+    Execute,
+    ExecutedEvent,
+    FetchData,
+    ForgetGraphEvent,
+    ReleaseDataEvent,
+    ReportDataLost,
+    ReportErred,
+    ReportFinished,
+    WorkerEvent,
+    WorkerInstruction,
+)
+
 __all__ = [
+    # the events and instructions live in events.py; named here too for old imports
     "CancelTasksEvent", "ComputeTasksEvent", "DataFetchedEvent", "Execute", "ExecutedEvent",
-    "FetchData", "ForgetGraphEvent", "ReleaseDataEvent", "ReportDataLost", "ReportErred", "ReportFinished",
-    "WorkerState",
+    "FetchData", "ForgetGraphEvent", "ReleaseDataEvent", "ReportDataLost", "ReportErred",
+    "ReportFinished", "InvalidMove", "MOVES", "WorkerState", "WorkerTaskState",
 ]
-
-_DC = {"frozen": True, "slots": True, "kw_only": True}
-
-
-@dataclass(**_DC)
-class WorkerEvent:
-    stimulus_id: str
-
-
-@dataclass(**_DC)
-class ComputeTasksEvent(WorkerEvent):
-    """Run tasks ``ids``: ``runners[i](args, indices[i])`` where ``args`` are the values of
-    ``dep_ids[dep_ptr[i]:dep_ptr[i+1]]``, held by workers ``dep_holders`` (same layout)."""
-
-    ids: np.ndarray
-    priorities: np.ndarray
-    runners: list[Callable[[list, tuple], Any]]
-    indices: list[tuple]
-    dep_ptr: np.ndarray
-    dep_ids: np.ndarray
-    dep_holders: np.ndarray
-    seqs: np.ndarray | None = None
-    """Number of each task's assignment (``None``: all first ones)."""
-
-
-@dataclass(**_DC)
-class ExecutedEvent(WorkerEvent):
-    """A batch ran: ``results`` ``{id: value}``; ``errors`` ``[(id, error blob, text)]``.
-    With ``partial``, these are the tasks a still-running batch has finished so far (a batch
-    that runs long reports as it goes); its last event has ``partial=False``."""
-
-    results: dict[int, Any]
-    errors: list[tuple[int, bytes, str]] = field(default_factory=list)
-    partial: bool = False
-    next_batch: int | None = None  # most tasks for the next batch (the runtime's pace)
-
-
-@dataclass(**_DC)
-class DataFetchedEvent(WorkerEvent):
-    """A peer answered a fetch: ``values`` arrived; ``missing`` ids it did not have."""
-
-    peer: int
-    values: dict[int, Any]
-    missing: list[int] = field(default_factory=list)
-    unserializable: dict[int, str] = field(default_factory=dict)
-    """Results the peer holds but could not serialise: ``{id: reason}``; the tasks that need
-    them fail with that reason (recomputing would fail the same way)."""
-
-
-@dataclass(**_DC)
-class ReleaseDataEvent(WorkerEvent):
-    """Free results ``ids``, each unless a newer assignment than ``seqs[i]`` came here
-    (``None``: whatever the assignment)."""
-
-    ids: np.ndarray
-    seqs: np.ndarray | None = None
-
-
-@dataclass(**_DC)
-class CancelTasksEvent(WorkerEvent):
-    ids: np.ndarray
-
-
-@dataclass(**_DC)
-class ForgetGraphEvent(WorkerEvent):
-    """The scheduler dropped the graph of task ids ``base .. base + n - 1``: results of it
-    still here (ones whose report the scheduler did not accept) are dropped."""
-
-    base: int
-    n: int
-
-
-@dataclass(**_DC)
-class WorkerInstruction:
-    stimulus_id: str
-
-
-@dataclass(**_DC)
-class Execute(WorkerInstruction):
-    """Run ``tasks``: ``[(id, runner, args, index)]``, in order."""
-
-    tasks: list[tuple[int, Callable[[list, tuple], Any], list, tuple]]
-
-
-@dataclass(**_DC)
-class FetchData(WorkerInstruction):
-    peer: int
-    ids: list[int]
-
-
-@dataclass(**_DC)
-class ReportFinished(WorkerInstruction):
-    """Results of ``ids`` are here, answering assignments ``seqs`` (``None``: all 1)."""
-
-    ids: list[int]
-    seqs: list[int] | None = None
-
-
-@dataclass(**_DC)
-class ReportErred(WorkerInstruction):
-    """Task ``id`` failed. ``error`` is the pickled exception, or empty when the failure was
-    found here (then the runtime builds one from ``text``)."""
-
-    id: int
-    error: bytes
-    text: str
-
-
-@dataclass(**_DC)
-class ReportDataLost(WorkerInstruction):
-    id: int
-    missing: list[int]
-
 
 class _Task:
     __slots__ = ("id", "priority", "runner", "deps", "index", "missing")
@@ -169,12 +73,50 @@ class _Task:
         self.missing = 0
 
 
+class WorkerTaskState(enum.Enum):
+    """Where a task id stands on this worker. Held implicitly by the containers below (a
+    task is in one of them at a time); ``WorkerState.state_of`` reads it."""
+
+    released = "released"    # not known here: never sent, or dropped, freed, forgotten
+    fetching = "fetching"    # a dependency of a local task, asked of the peer holding it
+    waiting = "waiting"      # queued to run, some dependencies not here yet
+    ready = "ready"          # queued to run, every dependency here
+    executing = "executing"  # handed to a thread in a batch, not finished yet
+    memory = "memory"        # its result is here (computed here, or a fetched copy)
+
+
+W = WorkerTaskState
+MOVES: dict[WorkerTaskState, frozenset[WorkerTaskState]] = {
+    W.released: frozenset({W.waiting, W.ready, W.fetching}),   # sent to run; needed here
+    W.fetching: frozenset({W.memory, W.released}),             # arrived; nobody waits, lost
+    W.waiting: frozenset({W.ready, W.released}),               # data came; cancelled, lost
+    W.ready: frozenset({W.executing, W.released}),             # batch started; cancelled
+    W.executing: frozenset({W.memory, W.released}),            # ran; erred
+    W.memory: frozenset({W.released}),                         # released, forgotten, unused
+}
+"""The legal moves of a task on a worker, in one event or one batch start: a legality
+table. The work of each move is done in one place: sent to run (``_compute``), needed here
+(``_wait_for``), data came or lost (``_fetched``), batch started (``_start_batches``), ran
+or erred (``_executed``), released (``_release``), cancelled (``_cancel``), forgotten
+(``_forget_graph``), a fetched copy unused (``_unuse``). With ``check_moves`` every event is
+checked against it."""
+
+
+class InvalidMove(RuntimeError):
+    """A task moved in a way ``MOVES`` does not allow: a bug in this module."""
+
+
 class WorkerState:
-    def __init__(self, nthreads: int = 1, max_batch: int = 256) -> None:
+    CHECK_MOVES = False
+    """Default of ``check_moves``: off, because checking reads every task id per event."""
+
+    def __init__(self, nthreads: int = 1, max_batch: int = 256,
+                 check_moves: bool | None = None) -> None:
         if nthreads < 1:
             raise ValueError(f"a worker needs at least one thread, got {nthreads}")
         self.nthreads = nthreads
         self.max_batch = max_batch
+        self.check_moves = self.CHECK_MOVES if check_moves is None else check_moves
         self.data: dict[int, Any] = {}
         self.tasks: dict[int, _Task] = {}          # not yet handed to a thread
         self.ready: list[tuple[int, int]] = []     # heap of (priority, id)
@@ -185,35 +127,58 @@ class WorkerState:
         self.running_batches = 0
         self.executed = 0
         self.seq: dict[int, int] = {}              # newest assignment received, if not 1
-        self._out: list[WorkerInstruction] = []
-        self._stimulus = ""
 
     def handle(self, *events: WorkerEvent) -> list[WorkerInstruction]:
-        self._out = []
+        """Handle ``events`` in order; return the instructions they caused, each with the
+        stimulus id of its event (batches started at the end carry the last event's)."""
+        out: list[WorkerInstruction] = []
+        stim = ""
         for ev in events:
-            self._stimulus = ev.stimulus_id
-            if isinstance(ev, ComputeTasksEvent):
-                self._compute(ev)
-            elif isinstance(ev, ExecutedEvent):
-                self._executed(ev)
-            elif isinstance(ev, DataFetchedEvent):
-                self._fetched(ev)
-            elif isinstance(ev, ReleaseDataEvent):
-                self._release(ev)
-            elif isinstance(ev, CancelTasksEvent):
-                for t in ev.ids.tolist():
-                    self._drop(t)
-            elif isinstance(ev, ForgetGraphEvent):
-                self._forget(ev.base, ev.base + ev.n)
-            else:
+            handler = _HANDLERS.get(type(ev))
+            if handler is None:
                 raise TypeError(f"unknown event {type(ev).__name__}")
-        self._start_batches()
-        out, self._out = self._out, []
+            stim = ev.stimulus_id
+            if self.check_moves:
+                before = self.states()
+                handler(self, ev, out)
+                self._check(before, type(ev).__name__, stim)
+            else:
+                handler(self, ev, out)
+        if self.check_moves:
+            before = self.states()
+            self._start_batches(stim, out)
+            self._check(before, "batch start", stim)
+        else:
+            self._start_batches(stim, out)
         return out
+
+    def state_of(self, tid: int) -> WorkerTaskState:
+        if tid in self.running:
+            return W.executing
+        if tid in self.data:
+            return W.memory
+        task = self.tasks.get(tid)
+        if task is not None:
+            return W.waiting if task.missing else W.ready
+        return W.fetching if tid in self.fetching else W.released
+
+    def states(self) -> dict[int, WorkerTaskState]:
+        """The state of every task id known here (reads them all: for checks and tests)."""
+        ids = {*self.running, *self.data, *self.tasks, *self.fetching}
+        return {t: self.state_of(t) for t in ids}
+
+    def _check(self, before: dict[int, WorkerTaskState], what: str, stim: str) -> None:
+        after = self.states()
+        for t in before.keys() | after.keys():
+            a, b = before.get(t, W.released), after.get(t, W.released)
+            if a is not b and b not in MOVES[a]:
+                raise InvalidMove(f"task id {t} moved from {a.name} to {b.name} on {what} "
+                                  f"({stim!r}); legal from {a.name}: "
+                                  f"{sorted(s.name for s in MOVES[a])}")
 
     # --- events ------------------------------------------------------------------------------
 
-    def _compute(self, ev: ComputeTasksEvent) -> None:
+    def _compute(self, ev: ComputeTasksEvent, out: list[WorkerInstruction]) -> None:
         if ev.seqs is not None and len(ev.seqs) and ev.seqs.max() > 1:
             again = np.flatnonzero(ev.seqs > 1)  # tasks sent before: few
             seq = self.seq
@@ -245,15 +210,15 @@ class WorkerState:
             tasks[tid] = task
             fresh.append(task)
         if dep_ids and fresh:
-            self._wait_for(ev, new, dep_ids, fresh)
+            self._wait_for(ev, new, dep_ids, fresh, out)
         for task in fresh:
             if not task.missing:
                 heapq.heappush(ready, (task.priority, task.id))
         if done:
-            self._report(done)
+            self._report(done, ev.stimulus_id, out)
 
     def _wait_for(self, ev: ComputeTasksEvent, new: np.ndarray, dep_ids: list[int],
-                  fresh: list[_Task]) -> None:
+                  fresh: list[_Task], out: list[WorkerInstruction]) -> None:
         """Count the missing dependencies of the ``new`` tasks of ``ev`` (``fresh``, in
         order), note who waits for them and ask their holders; note the local uses of
         fetched copies. Per distinct dependency, not per edge: the edges are arrays."""
@@ -301,9 +266,9 @@ class WorkerState:
                 else:
                     f.append(d)
         for peer, want in fetch.items():
-            self._out.append(FetchData(stimulus_id=self._stimulus, peer=peer, ids=want))
+            out.append(FetchData(stimulus_id=ev.stimulus_id, peer=peer, ids=want))
 
-    def _executed(self, ev: ExecutedEvent) -> None:
+    def _executed(self, ev: ExecutedEvent, out: list[WorkerInstruction]) -> None:
         if not ev.partial:
             self.running_batches -= 1
         if ev.next_batch is not None:
@@ -315,17 +280,16 @@ class WorkerState:
         self.running.difference_update(t for t, _, _ in ev.errors)
         self.executed += len(ev.results) + len(ev.errors)
         if ev.results:
-            self._report(list(ev.results))
+            self._report(list(ev.results), ev.stimulus_id, out)
         for tid, blob, text in ev.errors:
-            self._out.append(ReportErred(stimulus_id=self._stimulus, id=tid, error=blob,
-                                         text=text))
+            out.append(ReportErred(stimulus_id=ev.stimulus_id, id=tid, error=blob, text=text))
 
-    def _report(self, ids: list[int]) -> None:
+    def _report(self, ids: list[int], stim: str, out: list[WorkerInstruction]) -> None:
         seq = self.seq
-        self._out.append(ReportFinished(stimulus_id=self._stimulus, ids=ids,
-                                        seqs=[seq.get(t, 1) for t in ids] if seq else None))
+        out.append(ReportFinished(stimulus_id=stim, ids=ids,
+                                  seqs=[seq.get(t, 1) for t in ids] if seq else None))
 
-    def _release(self, ev: ReleaseDataEvent) -> None:
+    def _release(self, ev: ReleaseDataEvent, out: list[WorkerInstruction]) -> None:
         data, seq = self.data, self.seq
         if ev.seqs is None or not seq:  # no task here was sent twice: nothing is newer
             ids = ev.ids.tolist()
@@ -338,7 +302,7 @@ class WorkerState:
                 data.pop(t, None)
                 seq.pop(t, None)
 
-    def _fetched(self, ev: DataFetchedEvent) -> None:
+    def _fetched(self, ev: DataFetchedEvent, out: list[WorkerInstruction]) -> None:
         fetching, waiters, data, tasks = self.fetching, self.waiters, self.data, self.tasks
         woken: list[int] = []  # a task once per dependency of it that arrived
         for d, value in ev.values.items():
@@ -361,8 +325,8 @@ class WorkerState:
             for tid in self.waiters.pop(d, ()):
                 if tid in self.tasks:
                     self._drop(tid)
-                    self._out.append(ReportErred(
-                        stimulus_id=self._stimulus, id=tid, error=b"",
+                    out.append(ReportErred(
+                        stimulus_id=ev.stimulus_id, id=tid, error=b"",
                         text=f"TypeError: the result of task id {d}, a dependency of this "
                              f"task, could not be serialised to send it between workers: "
                              f"{reason}"))
@@ -375,8 +339,7 @@ class WorkerState:
                 lost.setdefault(tid, []).append(d)
         for tid, missing in lost.items():
             self._drop(tid)
-            self._out.append(ReportDataLost(stimulus_id=self._stimulus, id=tid,
-                                            missing=missing))
+            out.append(ReportDataLost(stimulus_id=ev.stimulus_id, id=tid, missing=missing))
 
     def _drop(self, tid: int) -> None:
         """Forget a task not started yet (cancelled, or its data is lost)."""
@@ -390,6 +353,13 @@ class WorkerState:
                 waiting.remove(tid)
                 if not waiting:
                     del self.waiters[d]
+
+    def _cancel(self, ev: CancelTasksEvent, out: list[WorkerInstruction]) -> None:
+        for t in ev.ids.tolist():
+            self._drop(t)
+
+    def _forget_graph(self, ev: ForgetGraphEvent, out: list[WorkerInstruction]) -> None:
+        self._forget(ev.base, ev.base + ev.n)
 
     def _forget(self, lo: int, hi: int) -> None:
         data = self.data
@@ -415,7 +385,7 @@ class WorkerState:
 
     # --- running -----------------------------------------------------------------------------
 
-    def _start_batches(self) -> None:
+    def _start_batches(self, stim: str, out: list[WorkerInstruction]) -> None:
         ready, tasks, data, running = self.ready, self.tasks, self.data, self.running
         fetched_users = self.fetched_users
         get = data.__getitem__
@@ -440,8 +410,19 @@ class WorkerState:
                     self._unuse(d, n)
             if batch:
                 self.running_batches += 1
-                self._out.append(Execute(stimulus_id=self._stimulus, tasks=batch))
+                out.append(Execute(stimulus_id=stim, tasks=batch))
 
     @property
     def idle(self) -> bool:
         return not self.tasks and not self.running_batches
+
+
+_HANDLERS: dict[type, Callable[[WorkerState, Any, list[WorkerInstruction]], None]] = {
+    ComputeTasksEvent: WorkerState._compute,
+    ExecutedEvent: WorkerState._executed,
+    DataFetchedEvent: WorkerState._fetched,
+    ReleaseDataEvent: WorkerState._release,
+    CancelTasksEvent: WorkerState._cancel,
+    ForgetGraphEvent: WorkerState._forget_graph,
+}
+"""Each event type's handler: it adds its instructions to the list it is given."""
