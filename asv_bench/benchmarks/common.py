@@ -38,6 +38,7 @@ from scheduler.state.events import (
     TasksFinishedEvent,
     WorkerAddedEvent,
 )
+from scheduler.state.routing import route
 from scheduler.state.scheduler import SchedulerState
 from scheduler.wire.encodings import decode_graph, encode_graph
 
@@ -154,7 +155,7 @@ def submit_event(graph: Any, out_ids: np.ndarray, graph_id: str = "bench") -> Gr
 
 
 def _sends(instructions: Iterable[Instruction]) -> list[tuple[int, np.ndarray]]:
-    return [(i.worker, i.ids) for i in instructions if isinstance(i, SendTasks)]
+    return [(w, s.ids) for (w, _), s in route(instructions).sends.items()]
 
 
 def run_to_midpoint(state: SchedulerState, first: list[Instruction],
@@ -236,16 +237,11 @@ def _take(queue: deque[np.ndarray], limit: int) -> np.ndarray:
 
 def dispatch_batch(instructions: Iterable[Instruction]) -> SendTasks:
     """The largest message the scheduler server would send for ``instructions``: the
-    ``SendTasks`` of one worker and graph, concatenated as the server does."""
-    by_target: dict[tuple[int, int], list[np.ndarray]] = {}
-    for i in instructions:
-        if isinstance(i, SendTasks):
-            by_target.setdefault((i.worker, i.segment), []).append(i.ids)
-    if not by_target:
+    ``SendTasks`` of one worker and graph, merged as the server merges them (``route``)."""
+    sends = route(instructions).sends
+    if not sends:
         raise RuntimeError("the prepared report sent no tasks: choose another midpoint")
-    (worker, segment), parts = max(by_target.items(), key=lambda kv: sum(map(len, kv[1])))
-    return SendTasks(stimulus_id="bench", worker=worker, segment=segment,
-                     ids=np.concatenate(parts))
+    return max(sends.values(), key=lambda s: len(s.ids))
 
 
 # --- inputs built once per run --------------------------------------------------------------

@@ -20,19 +20,17 @@ import numpy as np
 from ..graph.keys import Key
 from ..stages import SpanRecorder, SpanRow, Stage
 from ..state.events import (
-    CancelTasks,
     ClientReleasedKeysEvent,
     GraphRejected,
     GraphSubmittedEvent,
     Instruction,
     KeysErred,
     KeysInMemory,
-    ReleaseData,
-    SendTasks,
     TaskErredEvent,
     TasksFinishedEvent,
     WorkerAddedEvent,
 )
+from ..state.routing import route
 from ..state.scheduler import SchedulerConfig, SchedulerState
 from ..state.worker import (
     CancelTasksEvent,
@@ -164,26 +162,25 @@ class InProcessCluster:
         return results
 
     def _apply(self, instructions: list[Instruction]) -> None:
-        sends = [i for i in instructions if isinstance(i, SendTasks)]
-        if sends:
-            with self.sched_rec.span(Stage.dispatch, tasks=sum(len(s.ids) for s in sends)):
+        routed = route(instructions)  # per worker: cancels, task batches, releases
+        for w, c in routed.cancels.items():
+            self._worker_do(w, self.workers[w].handle(
+                CancelTasksEvent(stimulus_id=c.stimulus_id, ids=c.ids)))
+        if routed.sends:
+            with self.sched_rec.span(Stage.dispatch, tasks=routed.n_sent):
                 msgs = []
-                for s in sends:
-                    if s.segment not in self._introduced[s.worker]:
-                        seg = self.state.segments[s.segment]
-                        msgs.append((s.worker, pack_frames(graph_def_message(
-                            seg, self._functions.get(s.segment, b"")))))
-                        self._introduced[s.worker].add(s.segment)
-                    msgs.extend((s.worker, pack_frames(m)) for m in compute_messages(self.state, s))
+                for (w, sid), s in routed.sends.items():
+                    if sid not in self._introduced[w]:
+                        seg = self.state.segments[sid]
+                        msgs.append((w, pack_frames(graph_def_message(
+                            seg, self._functions.get(sid, b"")))))
+                        self._introduced[w].add(sid)
+                    msgs.extend((w, pack_frames(m)) for m in compute_messages(self.state, s))
             for w, chunks in msgs:
                 self._deliver(w, chunks)
-        for i in instructions:
-            if isinstance(i, ReleaseData):
-                self._worker_do(i.worker, self.workers[i.worker].handle(
-                    ReleaseDataEvent(stimulus_id=i.stimulus_id, ids=i.ids, seqs=i.seqs)))
-            elif isinstance(i, CancelTasks):
-                self._worker_do(i.worker, self.workers[i.worker].handle(
-                    CancelTasksEvent(stimulus_id=i.stimulus_id, ids=i.ids)))
+        for w, r in routed.releases.items():
+            self._worker_do(w, self.workers[w].handle(
+                ReleaseDataEvent(stimulus_id=r.stimulus_id, ids=r.ids, seqs=r.seqs)))
 
     def _deliver(self, w: int, chunks: list[Any]) -> None:
         from ..wire.frames import FrameReader

@@ -28,7 +28,6 @@ import numpy as np
 from ..graph.errors import GraphError
 from ..stages import SpanRecorder, Stage
 from ..state.events import (
-    CancelTasks,
     ClientLostEvent,
     ClientReleasedKeysEvent,
     DataLostEvent,
@@ -37,14 +36,13 @@ from ..state.events import (
     Instruction,
     KeysErred,
     KeysInMemory,
-    ReleaseData,
     SchedulerEvent,
-    SendTasks,
     TaskErredEvent,
     TasksFinishedEvent,
     WorkerAddedEvent,
     WorkerLostEvent,
 )
+from ..state.routing import ANY_ASSIGNMENT, route
 from ..state.scheduler import SchedulerConfig, SchedulerState
 from ..wire.encodings import WireGraph, decode_graph, load_codecs
 from ..wire.frames import WireError
@@ -73,7 +71,7 @@ class _Worker:
 
 def _any_seq(n: int) -> np.ndarray:
     """Assignment numbers that stand for any assignment (newer than every real one)."""
-    return np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
+    return np.full(n, ANY_ASSIGNMENT, dtype=np.int32)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -401,25 +399,9 @@ class SchedulerServer:
     def _apply(self, instructions: list[Instruction]) -> None:
         if not instructions:
             return
-        sends: dict[tuple[int, int], list[np.ndarray]] = {}
-        releases: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-        cancels: dict[int, list[np.ndarray]] = {}
-        # each message to a worker names the scheduler event that caused it (the first, when
-        # instructions of several events are merged into one message)
-        cause: dict[tuple[str, int, int], str] = {}
-        for ins in instructions:
-            if isinstance(ins, SendTasks):
-                sends.setdefault((ins.worker, ins.segment), []).append(ins.ids)
-                cause.setdefault(("compute", ins.worker, ins.segment), ins.stimulus_id)
-            elif isinstance(ins, ReleaseData):
-                rel = releases.setdefault(ins.worker, ([], []))
-                rel[0].append(ins.ids)
-                rel[1].append(_any_seq(len(ins.ids)) if ins.seqs is None else ins.seqs)
-                cause.setdefault(("release", ins.worker, 0), ins.stimulus_id)
-            elif isinstance(ins, CancelTasks):
-                cancels.setdefault(ins.worker, []).append(ins.ids)
-                cause.setdefault(("cancel", ins.worker, 0), ins.stimulus_id)
-            elif isinstance(ins, KeysInMemory):
+        routed = route(instructions)
+        for ins in routed.others:
+            if isinstance(ins, KeysInMemory):
                 self._to_client(ins.client, "in-memory", {"graph_id": ins.graph_id,
                                                           "done": ins.done},
                                 {"ids": ins.ids, "workers": ins.workers})
@@ -430,30 +412,26 @@ class SchedulerServer:
             elif isinstance(ins, GraphRejected):
                 self._to_client(ins.client, "graph-rejected", {"graph_id": ins.graph_id,
                                                                "reason": ins.reason})
-        for w, parts in cancels.items():
-            self._to_worker(w, "cancel", {"stim": cause["cancel", w, 0]},
-                            {"ids": np.concatenate(parts)})
-        if sends:
-            ntasks = sum(len(p) for parts in sends.values() for p in parts)
-            with self.recorder.span(Stage.dispatch, tasks=ntasks) as sp:
-                for (w, sid), parts in sends.items():
+        # each message to a worker names the scheduler event that caused it (``stim``)
+        for w, cancel in routed.cancels.items():
+            self._to_worker(w, "cancel", {"stim": cancel.stimulus_id}, {"ids": cancel.ids})
+        if routed.sends:
+            with self.recorder.span(Stage.dispatch, tasks=routed.n_sent) as sp:
+                for (w, sid), send in routed.sends.items():
                     worker = self.workers.get(w)
                     if worker is None:
                         continue
-                    ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
                     if sid not in worker.introduced:
                         seg = self.state.segments[sid]
                         sp.nbytes += self._post(worker, graph_def_message(
                             seg, self.functions.get(sid, b"")))
                         worker.introduced.add(sid)
-                    for frames in compute_messages(self.state, SendTasks(
-                            stimulus_id=cause["compute", w, sid], worker=w, segment=sid,
-                            ids=ids)):
+                    for frames in compute_messages(self.state, send):
                         sp.nbytes += self._post(worker, frames)
                         sp.messages += 1
-        for w, (rel_ids, rel_seqs) in releases.items():
-            self._to_worker(w, "release", {"stim": cause["release", w, 0]},
-                            {"ids": _cat(rel_ids), "seq": _cat(rel_seqs)})
+        for w, rel in routed.releases.items():
+            self._to_worker(w, "release", {"stim": rel.stimulus_id},
+                            {"ids": rel.ids, "seq": rel.seqs})
         live = set(self.state.segments)
         for sid in [s for s in self.functions if s not in live]:
             del self.functions[sid]
