@@ -37,6 +37,8 @@ from scheduler.state.events import (
     ClientLostEvent,
     ClientReleasedKeysEvent,
     DataLostEvent,
+    GraphAccepted,
+    GraphForgotten,
     GraphRejected,
     GraphSubmittedEvent,
     Instruction,
@@ -121,6 +123,7 @@ class ClientLog:
     in_memory: list[KeysInMemory] = field(default_factory=list)
     erred: list[KeysErred] = field(default_factory=list)
     rejected: list[GraphRejected] = field(default_factory=list)
+    accepted: list[GraphAccepted] = field(default_factory=list)
 
     @property
     def reported(self) -> Counter:
@@ -145,6 +148,7 @@ class Sim:
         self.workers: dict[int, FakeWorker] = {}
         self.clients: dict[tuple[str, str], ClientLog] = {}
         self.history: list[tuple[SchedulerEvent, list[Instruction]]] = []
+        self.forgotten: list[int] = []  # segments the state said are gone, in order
         self._n = 0
         for _ in range(workers):
             self.add_worker(nthreads=nthreads)
@@ -332,6 +336,18 @@ class Sim:
             self._client(ins).erred.append(ins)
         elif isinstance(ins, GraphRejected):
             self._client(ins).rejected.append(ins)
+        elif isinstance(ins, GraphAccepted):
+            log = self._client(ins)
+            if log.accepted or log.rejected:
+                raise ProtocolError(f"a graph answered twice: {ins}")
+            if self.state.segments.get(ins.segment) is None or \
+                    self.state.segments[ins.segment].base != ins.base:
+                raise ProtocolError(f"accepted as a segment the state does not hold: {ins}")
+            log.accepted.append(ins)
+        elif isinstance(ins, GraphForgotten):
+            if ins.segment in self.state.segments:
+                raise ProtocolError(f"told a segment is gone that the state still holds: {ins}")
+            self.forgotten.append(ins.segment)
         else:
             raise ProtocolError(f"unknown instruction {ins!r}")
 

@@ -729,6 +729,7 @@ def test_a_task_error_leaves_the_scheduler_bookkeeping_consistent() -> None:
     task is processing, so the worker's occupancy is 0 and ``validate()`` passes (an error
     used to free its worker's slot twice, leaving -1)."""
     from scheduler.state.events import (
+        GraphAccepted,
         GraphSubmittedEvent,
         SendTasks,
         TaskErredEvent,
@@ -741,7 +742,7 @@ def test_a_task_error_leaves_the_scheduler_bookkeeping_consistent() -> None:
     graph = TaskGraph.from_dict({"will-fail": Task(fail, 1)})
     sent = state.handle(GraphSubmittedEvent(stimulus_id="graph", client="c", graph_id="g",
                                             graph=graph, outputs=np.asarray([0])))
-    assert [type(i) for i in sent] == [SendTasks] and state.occupancy == [1]
+    assert [type(i) for i in sent] == [GraphAccepted, SendTasks] and state.occupancy == [1]
     state.handle(TaskErredEvent(stimulus_id="erred", worker=0, id=0, error=b"", text="boom"))
     assert state.occupancy == [0], state.occupancy
     state.validate()

@@ -945,3 +945,23 @@ def test_a_released_graph_leaves_no_arrays_behind(name: str) -> None:
     sim.release("c", "g2")
     sim.release("c", "g1")
     assert_empty(sim)
+
+
+def test_acceptance_and_forgetting_of_a_graph_are_instructions() -> None:
+    """The runtime learns from what ``handle()`` returns that a graph was accepted (its
+    segment and ids) and, when its last use is gone, that it was forgotten: it never has to
+    read the state back."""
+    from scheduler.state.events import GraphAccepted, GraphForgotten
+
+    sim = Sim(workers=1)
+    first = sim.submit(TaskGraph.from_dict({"x": Task(inc, 1)}), ["x"], graph_id="one")
+    out = sim.submit(TaskGraph.from_dict({"y": Task(inc, 2), "z": Task(inc, Ref("y"))}),
+                     ["z"], graph_id="two")
+    [acc1] = [i for i in first if isinstance(i, GraphAccepted)]
+    [acc] = [i for i in out if isinstance(i, GraphAccepted)]
+    assert (acc.client, acc.graph_id, acc.n, acc.gids) == ("c", "two", 2, None)
+    assert acc.base == acc1.base + 1 and acc.segment != acc1.segment
+    assert sim.state.graph("c", "two").sid == acc.segment
+    sim.run()
+    gone = [i.segment for i in sim.release("c", "two") if isinstance(i, GraphForgotten)]
+    assert gone == [acc.segment] and acc1.segment in sim.state.segments

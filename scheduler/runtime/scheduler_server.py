@@ -31,6 +31,8 @@ from ..state.events import (
     ClientLostEvent,
     ClientReleasedKeysEvent,
     DataLostEvent,
+    GraphAccepted,
+    GraphForgotten,
     GraphRejected,
     GraphSubmittedEvent,
     Instruction,
@@ -343,21 +345,20 @@ class SchedulerServer:
             event = GraphSubmittedEvent(stimulus_id=self._sid("graph"), client=cid,
                                         graph_id=graph_id, graph=wire.graph, outputs=outputs)
             ins = self.state.handle(event, schedule=False)
-            rejected = any(isinstance(i, GraphRejected) for i in ins)
-            seg = None if rejected else self.state.graph(cid, graph_id)
-            if seg is not None:
-                self.functions[seg.sid] = wire.functions
+            acc = next((i for i in ins if isinstance(i, GraphAccepted)), None)
+            if acc is not None:
+                self.functions[acc.segment] = wire.functions
                 # when the scheduler chose the output ids (layers), the client learns them
                 # (ids within the graph, in the order of the output layers' keys)
                 arrays = {"outputs": outputs} if wire.outputs is not None else {}
-                if seg.uses:
+                if acc.gids is not None:
                     # outputs may be tasks of other live graphs (keys defined there first,
                     # or named as existing results): their real ids, in the same order
-                    arrays["gids"] = seg.resolve(np.asarray(outputs, dtype=np.int64))
-                comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": seg.base,
-                                                 "n": seg.n}, arrays or None)
+                    arrays["gids"] = acc.gids
+                comm.post_msg("graph-accepted", {"graph_id": graph_id, "base": acc.base,
+                                                 "n": acc.n}, arrays or None)
                 if msg.fields.get("progress"):
-                    self._watched[seg.sid] = (cid, graph_id, 0)
+                    self._watched[acc.segment] = (cid, graph_id, 0)
         self._apply(ins)
         self._schedule_and_apply()
 
@@ -432,9 +433,8 @@ class SchedulerServer:
         for w, rel in routed.releases.items():
             self._to_worker(w, "release", {"stim": rel.stimulus_id},
                             {"ids": rel.ids, "seq": rel.seqs})
-        live = set(self.state.segments)
-        for sid in [s for s in self.functions if s not in live]:
-            del self.functions[sid]
+        for sid in [i.segment for i in routed.others if isinstance(i, GraphForgotten)]:
+            self.functions.pop(sid, None)
             for worker in self.workers.values():
                 if sid in worker.introduced:
                     worker.introduced.discard(sid)

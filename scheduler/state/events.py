@@ -19,7 +19,8 @@ import numpy as np
 from ..graph.lowgraph import TaskGraph
 
 __all__ = [
-    "ClientLostEvent", "ClientReleasedKeysEvent", "DataLostEvent", "GraphRejected",
+    "ClientLostEvent", "ClientReleasedKeysEvent", "DataLostEvent", "GraphAccepted",
+    "GraphForgotten", "GraphRejected",
     "GraphSubmittedEvent", "Instruction", "KeysErred", "KeysInMemory", "ReleaseData",
     "SchedulerEvent", "SendTasks", "CancelTasks", "TaskErredEvent", "TasksFinishedEvent",
     "WorkerAddedEvent", "WorkerLostEvent",
@@ -163,6 +164,27 @@ class GraphRejected(Instruction):
     client: str
     graph_id: str
     reason: str
+
+
+@dataclass(**_DC)
+class GraphAccepted(Instruction):
+    """A graph was accepted as segment ``segment``: its tasks have global ids ``base ..
+    base + n - 1``. ``gids``: the live global ids of the requested outputs when some are
+    tasks of other live graphs (shared keys), else ``None`` (they are ``base + id``)."""
+
+    client: str
+    graph_id: str
+    segment: int
+    base: int
+    n: int
+    gids: np.ndarray | None = None
+
+
+@dataclass(**_DC)
+class GraphForgotten(Instruction):
+    """Segment ``segment`` is gone: nothing of it runs or is held any more."""
+
+    segment: int
 
 
 # --- the worker's state machine (scheduler/state/worker.py) ---------------------------------

@@ -42,6 +42,8 @@ from .events import (
     ClientLostEvent,
     ClientReleasedKeysEvent,
     DataLostEvent,
+    GraphAccepted,
+    GraphForgotten,
     GraphRejected,
     GraphSubmittedEvent,
     Instruction,
@@ -464,6 +466,10 @@ class SchedulerState:
                                            graph_id=ev.graph_id, reason=str(e)))
             return
         n = seg.n
+        self._out.append(GraphAccepted(
+            stimulus_id=self._stimulus, client=ev.client, graph_id=ev.graph_id,
+            segment=seg.sid, base=seg.base, n=n,
+            gids=seg.resolve(np.asarray(ev.outputs, dtype=np.int64)) if seg.uses else None))
         ext_out = seg.outputs[(seg.outputs < seg.base) | (seg.outputs >= seg.base + n)]
         if n and len(seg.outputs):
             # every dependency inside the new graph is missing; only external ones (keys
@@ -971,6 +977,7 @@ class SchedulerState:
         if self._copies:
             self._release_copies(mem + seg.base)
         del self.segments[seg.sid]
+        self._out.append(GraphForgotten(stimulus_id=self._stimulus, segment=seg.sid))
         for g in [g for g in self._failures if seg.contains(g)]:
             del self._failures[g]
         i = self._by_base.index(seg)
